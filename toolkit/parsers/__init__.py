@@ -1,0 +1,92 @@
+"""One module per trace format. Each exposes ``parse(paths, ...) -> ParseResult``; nothing else knows formats.
+
+| format        | module                        | what it reads                                                    |
+|---------------|-------------------------------|------------------------------------------------------------------|
+| ``blktrace``    | :mod:`toolkit.parsers.blktrace`   | binary ``struct blk_io_trace`` v7 (per-CPU files), either byte order |
+| ``blkparse``    | :mod:`toolkit.parsers.blkparse`   | blkparse's default text output                                   |
+| ``qemu-log``    | :mod:`toolkit.parsers.qemu_log`   | QEMU's log trace backend (all prefix styles)                     |
+| ``qemu-simple`` | :mod:`toolkit.parsers.qemu_simple`| QEMU's simple trace backend, file format version 4              |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from toolkit import fileio
+
+
+@dataclass
+class ParseResult:
+    """What a parser returns: the events (a table of ``toolkit.events``), the rejects, and metadata.
+
+    ``meta`` holds facts about the trace as a whole: ``clock`` (see events), ``byte_order``,
+    ``wallclock`` (a (monotonic_ns, realtime_ns) pair from a blktrace timestamp record), ``truncated``
+    (files cut mid-record, with the byte offset), ``notes`` (human-readable caveats).
+    """
+
+    events: pd.DataFrame
+    rejects: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+
+BLKTRACE_MAGIC = 0x65617400
+QEMU_SIMPLE_MAGIC = struct.pack("=QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4)
+_BLKPARSE_LINE = re.compile(rb"^\s*\d+,\d+\s+\d+\s+\d+\s+\d+\.\d{9}\s+\d+\s+(?:[0-9a-f]+,[0-9a-f]+\s+)?[A-Za-z]{1,2}\s",
+                            re.M)
+_QEMU_LINE = re.compile(rb"^(?:\d+@\d+\.\d+:|\d{4}-\d\d-\d\dT[\d:.]+Z |[\w.-]+\(\d+:[^)]*\): )?[a-z][a-z0-9_]+ ", re.M)
+
+FORMATS = ("blktrace", "blkparse", "qemu-log", "qemu-simple")
+
+
+def detect_format(path: str | os.PathLike) -> str | None:
+    """The format of a trace file from its content (magic numbers, line shapes), or None."""
+    h = fileio.head(path, 8192)
+    if len(h) >= 4:
+        for order in "<>":
+            (m,) = struct.unpack(order + "I", h[:4])
+            if m & 0xFFFFFF00 == BLKTRACE_MAGIC:
+                return "blktrace"
+    if h.startswith(QEMU_SIMPLE_MAGIC) or h.startswith(QEMU_SIMPLE_MAGIC[::-1][:16]):
+        return "qemu-simple"
+    if b"\x00" in h[:1024]:
+        return None
+    if len(_BLKPARSE_LINE.findall(h)) >= 1 and h.lstrip()[:1].isdigit():
+        return "blkparse"
+    if h.startswith(b"Input file ") and _BLKPARSE_LINE.search(h):
+        return "blkparse"
+    if _QEMU_LINE.search(h):
+        return "qemu-log"
+    return None
+
+
+def parse(fmt: str, paths: list[str], **kw) -> ParseResult:
+    """Parse ``paths`` (the files of one trace: per-CPU files together) in format ``fmt``."""
+    if fmt == "blktrace":
+        from toolkit.parsers import blktrace as mod
+    elif fmt == "blkparse":
+        from toolkit.parsers import blkparse as mod
+    elif fmt == "qemu-log":
+        from toolkit.parsers import qemu_log as mod
+    elif fmt == "qemu-simple":
+        from toolkit.parsers import qemu_simple as mod
+    else:
+        raise fileio.TraceError(f"{paths[0] if paths else '?'}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return mod.parse(paths, **kw)
+
+
+def reject_rows(file: str, rows: list[tuple[int, int, str, str]]) -> pd.DataFrame:
+    """Build a REJECTS table from (pos, length, reason, text) tuples of one file (texts shortened)."""
+    from toolkit.events import REJECTS
+
+    if not rows:
+        return REJECTS.empty()
+    pos, length, reason, text = zip(*rows)
+    return REJECTS.conform(pd.DataFrame({
+        "file": [file] * len(rows), "pos": list(pos), "length": list(length), "reason": list(reason),
+        "text": [t if len(t) <= 200 else t[:197] + "..." for t in text],
+    }))
