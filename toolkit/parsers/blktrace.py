@@ -247,7 +247,7 @@ def _decode(buf: bytes, offs: np.ndarray, order: str, base: int) -> _Chunk:
     ipr = np.flatnonzero(notify & (code == 0) & (plen > 0))
     if len(ipr):
         names = [buf[int(o):int(o) + int(ln)].split(b"\0", 1)[0].decode("utf-8", "replace")
-                 for o, ln in zip(poff[ipr].tolist(), np.minimum(plen[ipr], 16).tolist())]
+                 for o, ln in zip(poff[ipr].tolist(), np.minimum(plen[ipr], 16).tolist(), strict=True)]
         ch.names = (ipr, names)
     its = np.flatnonzero(notify & (code == 1) & (plen >= 8))
     if len(its):
@@ -256,7 +256,7 @@ def _decode(buf: bytes, offs: np.ndarray, order: str, base: int) -> _Chunk:
     ims = np.flatnonzero(notify & (code == 2) & (plen > 0))
     if len(ims):
         msgs = [buf[int(o):int(o) + int(ln)].split(b"\0", 1)[0].decode("utf-8", "replace")
-                for o, ln in zip(poff[ims].tolist(), plen[ims].tolist())]
+                for o, ln in zip(poff[ims].tolist(), plen[ims].tolist(), strict=True)]
         ch.messages = (ims, msgs)
     return ch
 
@@ -406,7 +406,7 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
     # sparse pdu values -> global row numbers (before sorting)
     def sparse(attr: str) -> list[tuple]:
         out = []
-        for s, (_, c) in zip(starts[:-1], all_chunks):
+        for s, (_, c) in zip(starts[:-1], all_chunks, strict=True):
             v = getattr(c, attr)
             if v is not None:
                 out.append((v[0] + s, *v[1:]))
@@ -484,7 +484,7 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
         secs = np.concatenate([x[1] for x in st])
         nss = np.concatenate([x[2] for x in st])
         base = len(msg_names)
-        labels = [f"{s}.{ns:09d}" for s, ns in zip(secs.tolist(), nss.tolist())]
+        labels = [f"{s}.{ns:09d}" for s, ns in zip(secs.tolist(), nss.tolist(), strict=True)]
         msg_names += labels
         msg_codes[sidx] = base + np.arange(len(labels))
         first = int(np.argmin(sidx))
@@ -564,6 +564,6 @@ def _lost_events(df: pd.DataFrame, notify: np.ndarray) -> dict:
     starts = np.flatnonzero(np.concatenate([[True], ~same]))
     ends = np.concatenate([starts[1:], [len(s)]])
     csum = np.concatenate([[0], np.cumsum(gap)])
-    for a, b in zip(starts.tolist(), ends.tolist()):
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         out[(str(cats[dev[a]]), int(cpu[a]))] = int(csum[b - 1] - csum[a])
     return out
