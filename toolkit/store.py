@@ -96,8 +96,10 @@ def ingest(ts: TraceSet, *, use_cache: bool = True, progress: Callable[[str], No
         if use_cache:
             try:
                 _write(d, res, fp)
-            except OSError:
-                pass  # a read-only cache location only costs speed; results are unchanged
+            except OSError as e:  # a cache that cannot be written only costs speed; say so once
+                note = f"Parquet cache not written ({d}: {e.strerror})"
+                if note not in ts.notes:
+                    ts.notes.append(note)
     return out
 
 

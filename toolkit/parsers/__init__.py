@@ -85,7 +85,7 @@ def reject_rows(file: str, rows: list[tuple[int, int, str, str]]) -> pd.DataFram
 
     if not rows:
         return REJECTS.empty()
-    pos, length, reason, text = zip(*rows)
+    pos, length, reason, text = zip(*rows, strict=True)
     return REJECTS.conform(pd.DataFrame({
         "file": [file] * len(rows), "pos": list(pos), "length": list(length), "reason": list(reason),
         "text": [t if len(t) <= 200 else t[:197] + "..." for t in text],
