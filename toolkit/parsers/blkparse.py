@@ -1,0 +1,597 @@
+"""blkparse default text output -> BLOCK_EVENTS (docs/formats.md section 2).
+
+Two paths read the same lines and must agree (tests check it line for line on the real traces):
+
+* the **grammar** (:data:`GRAMMAR`, pyparsing) is the readable definition of every line shape blkparse prints:
+  event lines of every action, ``-t`` elapsed times, pc-style lines, 1.2.0 and 1.3 message lines, and the
+  non-event lines (``Input file ... added``, the summary blocks, ``Trace started at``, blank lines);
+* the **fast path** reads the common event lines of a whole chunk at once with numpy: it finds the whitespace
+  separated tokens of every line from byte masks, checks each line's shape by its action and tokens, and decodes
+  the numbers with digit matrices. Every line it cannot vouch for goes to the grammar.
+
+Times are ``seconds * 1e9 + ns`` as printed, i.e. ns since blkparse's genesis (the first event of the trace):
+``meta['clock'] == 'relative'``. Sectors are 512-byte units; ``bytes`` is ``nsect * 512`` (pc lines: the
+printed byte count). ``sector`` is -1 where blkparse printed none (data-less Q/G/D lines, P, U). ``[(null)]``
+(no process name known) gives a null comm. ``pos`` is the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyparsing as pp
+
+from toolkit import fileio
+from toolkit.events import (
+    BLOCK_EVENTS,
+    REJECTS,
+    TC,
+    category_from_rwbs,
+    errno_signed,
+    op_from_category,
+)
+from toolkit.parsers import ParseResult, reject_rows
+
+# ---------------------------------------------------------------------------------------------------------------
+# actions
+
+ACTIONS = ["Q", "M", "F", "G", "S", "R", "D", "C", "P", "U", "UT", "I", "X", "B", "A", "m"]
+_ACT_INDEX = {a: i for i, a in enumerate(ACTIONS)}
+#: category bits that come with each action constant (blktrace_api.h), added to the RWBS bits of text lines
+ACTION_CATEGORY = {"Q": TC["queue"], "M": TC["queue"], "F": TC["queue"], "G": TC["queue"], "S": TC["queue"],
+                   "R": TC["requeue"], "D": TC["issue"], "C": TC["complete"], "P": TC["queue"], "U": TC["queue"],
+                   "UT": TC["queue"], "I": TC["queue"], "X": 0, "B": 0, "A": TC["queue"], "m": TC["notify"]}
+_RWBS_RE = re.compile(r"F?[DWRN]F?A?S?M?\Z")
+
+# ---------------------------------------------------------------------------------------------------------------
+# the grammar (reference definition of the text format)
+
+
+def _build_grammar() -> tuple[pp.ParserElement, pp.ParserElement]:
+    old = pp.ParserElement.DEFAULT_WHITE_CHARS
+    pp.ParserElement.set_default_whitespace_chars(" \t")  # never let a token run into the next line
+    try:
+        uint = pp.Word(pp.nums).set_parse_action(lambda t: int(t[0]))
+        sint = pp.Regex(r"-?\d+").set_parse_action(lambda t: int(t[0]))
+        device = pp.Regex(r"\d+,\d+")
+        time = pp.Regex(r"(?P<sec>\d+)\.(?P<ns>\d{9})(?!\d)")
+        header = (device("device") + uint("cpu") + uint("seq") + time("time") + uint("pid"))
+        rwbs = pp.Regex(r"F?[DWRN]F?A?S?M?(?=[ \t]|$)")("rwbs")
+        bracket = pp.Regex(r"\[(?P<name>.*)\]")
+        err = pp.Regex(r"\[(?P<err>-?\d+)\]")
+        elapsed = pp.Regex(r"\(\s*(?P<elapsed>\d+)\)")
+        pdu = pp.Regex(r"\((?P<pdu>[0-9a-fA-F ]*)\)")
+        extent = uint("sector") + pp.Suppress("+") + uint("nsect")
+
+        def act(*names: str) -> pp.ParserElement:
+            return pp.Regex("(?:" + "|".join(sorted(names, key=len, reverse=True)) + r")(?=[ \t])")("action")
+
+        qid = act("Q", "I", "D", "B") + rwbs + (
+            extent + pp.Optional(elapsed) + bracket
+            | elapsed + bracket
+            | uint("pc_bytes") + pp.Optional(pdu) + bracket  # pc: byte count
+            | bracket)
+        mgs = act("M", "F", "G", "S") + rwbs + (extent + bracket | bracket)
+        cr = act("C", "R") + rwbs + (
+            extent + pp.Optional(elapsed) + err
+            | uint("sector") + pp.Optional(elapsed) + err
+            | pp.Optional(pdu) + err)  # pc
+        plug = act("P") + rwbs + bracket
+        unplug = act("UT", "U") + rwbs + bracket + uint("depth")
+        split = act("X") + rwbs + uint("sector") + pp.Suppress("/") + uint("split") + bracket
+        remap = (act("A") + rwbs + extent + pp.Suppress("<-") + pp.Suppress("(") + device("remap_device")
+                 + pp.Suppress(")") + uint("remap_sector"))
+        message = (pp.Optional(pp.Regex(r"[0-9a-f]+,[0-9a-f]+")("cgroup")) + pp.Literal("m")("action")
+                   + pp.Literal("N")("rwbs") + pp.Regex(r" ?(?P<message>.*)", re.S).leave_whitespace())
+        event = header + (qid | mgs | cr | plug | unplug | split | remap | message) + pp.StringEnd()
+
+        events_line = pp.Regex(r"Events \((?P<dev>.*)\): (?P<entries>[\d,.']+[KMG]?) entries")
+        other = (pp.Regex(r"Input file .* added")
+                 | pp.Regex(r"(?:CPU\d+|Total) \((?P<block>.*)\):")
+                 | pp.Regex(r"(?:PC )?(?:Reads?|Writes?|IO|Timer|Allocation|Dispatch|Completion) [\w ]*:.*")
+                 | pp.Regex(r"Throughput \(R/W\): .*")
+                 | events_line
+                 | pp.Regex(r"Skips: .*")
+                 | pp.Regex(r"Trace started at .*")
+                 | pp.Regex(r"discarded traces containing low-level device driver specific data.*")
+                 | pp.Regex(r"\S.* \(\d+(?:, \.\.\.)?\):")  # per-process block title (-s)
+                 ) + pp.StringEnd()
+    finally:
+        pp.ParserElement.set_default_whitespace_chars(old)
+    return event, other
+
+
+GRAMMAR, SUMMARY_GRAMMAR = _build_grammar()
+
+
+def parse_line(line: str) -> dict | None:
+    """One event line through the grammar -> a dict of fields, or None when it is not an event line."""
+    try:
+        r = GRAMMAR.parse_string(line.lstrip(" \t").rstrip("\r\n"), parse_all=True)
+    except pp.ParseException:
+        return None
+    d = r.as_dict()
+    out = {"device": d["device"], "cpu": d["cpu"], "seq": d["seq"], "pid": d["pid"], "action": d["action"],
+           "rwbs": d["rwbs"], "time_ns": int(d["sec"]) * 1_000_000_000 + int(d["ns"])}
+    for k in ("sector", "nsect", "depth", "split", "remap_device", "remap_sector", "message", "pc_bytes"):
+        if k in d:
+            out[k] = d[k]
+    if "err" in d:
+        out["error"] = int(d["err"])
+    if "name" in d:
+        out["comm"] = d["name"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fast path
+
+_WS = np.zeros(256, dtype=bool)
+_WS[[9, 10, 13, 32]] = True
+
+
+def _num(a: np.ndarray, s: np.ndarray, e: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unsigned decimals in byte ranges [s, e) of ``a``: (values int64, ok) -- ok False for non-digits/bad length."""
+    m = len(s)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    ln = e - s
+    ok = (ln >= 1) & (ln <= width)
+    pos = e[:, None] - width + np.arange(width)
+    valid = pos >= s[:, None]
+    ch = a[np.clip(pos, 0, len(a) - 1)].astype(np.int16) - 48
+    ch[~valid] = 0
+    ok &= ((ch >= 0) & (ch <= 9)).all(axis=1)
+    val = ch.astype(np.int64) @ (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+    return val, ok
+
+
+def _pair(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """'maj,min' in byte ranges [s, e): (major, minor, ok)."""
+    w = 16
+    pos = s[:, None] + np.arange(w)
+    inside = pos < e[:, None]
+    comma = (a[np.clip(pos, 0, len(a) - 1)] == 44) & inside
+    has = comma.any(axis=1)
+    c = s + comma.argmax(axis=1)
+    maj, ok1 = _num(a, s, c, 7)
+    mnr, ok2 = _num(a, c + 1, e, 7)
+    return maj, mnr, has & ok1 & ok2
+
+
+def _pack(a: np.ndarray, s: np.ndarray, e: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens of at most ``width`` (<= 7) bytes packed into int64 keys (little-endian bytes); (keys, ok)."""
+    ln = e - s
+    ok = (ln >= 1) & (ln <= width)
+    key = np.zeros(len(s), dtype=np.int64)
+    for k in range(width):
+        on = k < ln
+        key |= np.where(on, a[np.clip(s + k, 0, len(a) - 1)].astype(np.int64), 0) << (8 * k)
+    return key, ok
+
+
+def _unpack(key: int) -> str:
+    return int(key).to_bytes(8, "little").rstrip(b"\0").decode("latin-1")
+
+
+_ACT_KEYS = {int.from_bytes(a.encode(), "little"): i for i, a in enumerate(ACTIONS)}
+_ACT_KEY_ARR = np.array(sorted(_ACT_KEYS), dtype=np.int64)
+_ACT_KEY_IDX = np.array([_ACT_KEYS[k] for k in sorted(_ACT_KEYS)], dtype=np.int64)
+_FS = np.array([_ACT_INDEX[x] for x in ("Q", "I", "D", "B", "M", "F", "G", "S")])
+
+
+def _strings(a: np.ndarray, s: np.ndarray, e: np.ndarray, valid: np.ndarray) -> pa.StringArray:
+    """Byte ranges [s, e) of ``a`` as an Arrow string array (null where not ``valid``), gathered without a loop."""
+    ln = np.where(valid, e - s, 0)
+    off = np.zeros(len(s) + 1, dtype=np.int64)
+    np.cumsum(ln, out=off[1:])
+    total = int(off[-1])
+    idx = np.repeat(s - off[:-1], ln) + np.arange(total, dtype=np.int64)
+    data = a[idx].tobytes()
+    mask = pa.array(valid).buffers()[1] if not valid.all() else None
+    if total >= 2**31:
+        return pa.LargeStringArray.from_buffers(len(s), pa.py_buffer(off), pa.py_buffer(data), mask)
+    return pa.StringArray.from_buffers(len(s), pa.py_buffer(off.astype(np.int32)), pa.py_buffer(data), mask,
+                                       null_count=int((~valid).sum()))
+
+
+def _fast(buf: bytes) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse the common event lines of ``buf`` (whole lines, ending in a newline).
+
+    Returns (columns of the parsed lines, with 'line' = 0-based line index in ``buf``; indices of the lines left
+    for the grammar).
+    """
+    a = np.frombuffer(buf, dtype=np.uint8)
+    nl = np.flatnonzero(a == 10)
+    nlines = len(nl)
+    ls = np.empty(nlines, dtype=np.int64)
+    if nlines:
+        ls[0] = 0
+        ls[1:] = nl[:-1] + 1
+    ws = _WS[a]
+    nw = ~ws
+    ts = np.flatnonzero(nw[1:] & ws[:-1]) + 1
+    if len(a) and nw[0]:
+        ts = np.concatenate([[0], ts])
+    te = np.flatnonzero(ws[1:] & nw[:-1]) + 1
+    del ws, nw
+    first = np.searchsorted(ts, ls)
+    ntok = np.diff(np.append(first, len(ts)))
+    lines = np.flatnonzero(ntok >= 8)
+    ft = first[lines]
+    nt = ntok[lines]
+
+    def tok(k: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = np.minimum(ft + k, len(ts) - 1)
+        return ts[i], te[i]
+
+    ok = np.ones(len(lines), dtype=bool)
+    s0, e0 = tok(0)
+    maj, mnr, o = _pair(a, s0, e0)
+    ok &= o
+    cpu, o = _num(a, *tok(1), 6)
+    ok &= o
+    seq, o = _num(a, *tok(2), 12)
+    ok &= o
+    s3, e3 = tok(3)
+    ok &= (e3 - s3 >= 11) & (a[np.maximum(e3 - 10, 0)] == 46)
+    sec, o = _num(a, s3, e3 - 10, 11)
+    ok &= o
+    ns, o = _num(a, e3 - 9, e3, 9)
+    ok &= o
+    pid, o = _num(a, *tok(4), 11)
+    ok &= o
+    akey, o = _pack(a, *tok(5), 2)
+    ok &= o
+    ai = np.clip(np.searchsorted(_ACT_KEY_ARR, akey), 0, len(_ACT_KEY_ARR) - 1)
+    ok &= _ACT_KEY_ARR[ai] == akey
+    act = _ACT_KEY_IDX[ai]
+    rkey, o = _pack(a, *tok(6), 6)
+    ok &= o
+    ru, rcodes = np.unique(rkey, return_inverse=True)
+    rlabels = [_unpack(k) for k in ru]
+    rvalid = np.array([bool(_RWBS_RE.match(x)) for x in rlabels], dtype=bool)
+    ok &= rvalid[rcodes] if len(ru) else ok
+
+    s7, e7 = tok(7)
+    s8, e8 = tok(8)
+    s9, e9 = tok(9)
+    s10, e10 = tok(10)
+    sl, el = tok(nt - 1)  # last token
+    sp, ep = tok(nt - 2)  # second to last
+    c7, c8, c10 = a[s7], a[s8], a[np.minimum(s10, len(a) - 1)]
+    plus8 = (e8 - s8 == 1) & (c8 == 43)
+    last_br = a[el - 1] == 93
+    isfs = np.isin(act, _FS)
+    iscr = (act == _ACT_INDEX["C"]) | (act == _ACT_INDEX["R"])
+    isu = (act == _ACT_INDEX["U"]) | (act == _ACT_INDEX["UT"])
+    isp = act == _ACT_INDEX["P"]
+    isx = act == _ACT_INDEX["X"]
+    isa = act == _ACT_INDEX["A"]
+    # shapes
+    ext_comm = (isfs | isx) & (nt >= 11) & (c10 == 91) & last_br & (plus8 | isx & (e8 - s8 == 1) & (c8 == 47))
+    only_comm = (isfs | isp) & (c7 == 91) & last_br
+    u_shape = isu & (nt >= 9) & (c7 == 91) & (a[ep - 1] == 93)
+    cr_ext = iscr & (nt == 11) & plus8 & (c10 == 91) & last_br
+    cr_sec = iscr & (nt == 9) & (c8 == 91) & last_br
+    a_shape = isa & (nt == 13) & plus8 & (e10 - s10 == 2) & (c10 == 60)
+    ok &= ext_comm | only_comm | u_shape | cr_ext | cr_sec | a_shape
+
+    has_ext = ext_comm | cr_ext | cr_sec | a_shape
+    sector, o = _num(a, s7, e7, 19)
+    ok &= o | ~has_ext
+    sector = np.where(has_ext, sector, -1)
+    has_n = (ext_comm & ~isx) | cr_ext | a_shape
+    nsect, o = _num(a, s9, e9, 10)
+    ok &= o | ~has_n
+    nsect = np.where(has_n, nsect, 0)
+    split, o = _num(a, s9, e9, 19)
+    ok &= o | ~isx
+    depth, o = _num(a, sl, el, 19)
+    ok &= o | ~u_shape
+    es = np.where(cr_ext, s10, s8) + 1
+    ee = np.where(cr_ext, e10, e8) - 1
+    err, o = _num(a, es, ee, 6)
+    isc = cr_ext | cr_sec
+    ok &= o | ~isc
+    s11, e11 = tok(11)
+    rmaj, rmin, o = _pair(a, s11 + 1, e11 - 1)
+    ok &= (o & (a[s11] == 40) & (a[e11 - 1] == 41)) | ~a_shape
+    rsec, o = _num(a, sl, el, 19)
+    ok &= o | ~a_shape
+    # comm byte ranges
+    cs = np.where(ext_comm, s10, s7) + 1
+    ce = np.where(u_shape, ep, el) - 1
+    has_comm = ext_comm | only_comm | u_shape
+
+    keep = ok
+    sel = lines[keep]
+    rest = np.setdiff1d(np.arange(nlines), sel, assume_unique=True)
+
+    def k(x: np.ndarray) -> np.ndarray:
+        return x[keep]
+
+    rw = rcodes[keep] if len(ru) else np.zeros(0, dtype=np.int64)
+    act_k = k(act)
+    is_pc_null = k(has_comm)
+    comm = _strings(a, k(cs), k(ce), is_pc_null)
+    null_name = pc.fill_null(pc.equal(comm, "(null)"), False)
+    comm = pc.if_else(null_name, pa.scalar(None, comm.type), comm)
+    cols = {
+        "line": sel,
+        "time_ns": k(sec) * 1_000_000_000 + k(ns),
+        "dev": (k(maj) << 20) | k(mnr),
+        "cpu": k(cpu), "seq": k(seq), "pid": k(pid), "act": act_k,
+        "rwbs": (rw, rlabels),
+        "sector": k(sector), "nsect": k(nsect), "bytes": k(nsect) * 512,
+        "error": np.where(k(isc), k(err), 0),
+        "comm": comm,
+        "remap_device": (np.where(k(a_shape), (k(rmaj) << 20) | k(rmin), -1)),
+        "remap_sector": (k(rsec), k(a_shape)),
+        "split_sector": (k(split), k(isx)),
+        "unplug_depth": (k(depth), k(u_shape)),
+        "message": pa.nulls(len(sel), pa.string()),
+    }
+    return cols, rest, ls, nl
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the grammar path for the lines the fast path left
+
+
+def _slow(texts: list[str], lines: np.ndarray, summary: dict) -> tuple[dict, list[tuple[int, str]]]:
+    """Parse ``texts`` (lines at 0-based indices ``lines``) with the grammar; returns (columns, rejects)."""
+    rows = []
+    rejects: list[tuple[int, str]] = []
+    for ln, text in zip(lines.tolist(), texts, strict=True):
+        body = text.rstrip("\r\n")
+        if not body.strip():
+            continue
+        d = parse_line(body)
+        if d is not None:
+            d["line"] = ln
+            rows.append(d)
+            continue
+        try:
+            r = SUMMARY_GRAMMAR.parse_string(body.strip(" \t"), parse_all=True)
+        except pp.ParseException:
+            rejects.append((ln, body))
+            continue
+        rd = r.as_dict()
+        if "entries" in rd:
+            summary.setdefault("events", {})[rd["dev"]] = _count(rd["entries"])
+        if "block" in rd:
+            summary.setdefault("blocks", []).append(body.strip().rstrip(":"))
+    n = len(rows)
+
+    def col(name: str, default: int = 0) -> np.ndarray:
+        return np.array([r.get(name, default) for r in rows], dtype=np.int64)
+
+    acts = [r["action"] for r in rows]
+    rw = [r["rwbs"] for r in rows]
+    rl = sorted(set(rw))
+    rix = {x: i for i, x in enumerate(rl)}
+    dev = np.array([_devkey(r["device"]) for r in rows], dtype=np.int64)
+    nsect = col("nsect")
+    has_bytes = np.array(["pc_bytes" in r for r in rows], dtype=bool)
+    comm = [r.get("comm") for r in rows]
+    comm = [None if c == "(null)" else c for c in comm]
+    cols = {
+        "line": np.array([r["line"] for r in rows], dtype=np.int64),
+        "time_ns": col("time_ns"), "dev": dev, "cpu": col("cpu"), "seq": col("seq"), "pid": col("pid"),
+        "act": np.array([_ACT_INDEX[x] for x in acts], dtype=np.int64),
+        "rwbs": (np.array([rix[x] for x in rw], dtype=np.int64), rl),
+        "sector": col("sector", -1), "nsect": nsect,
+        "bytes": np.where(has_bytes, col("pc_bytes"), nsect * 512),
+        "error": col("error"),
+        "comm": pa.array(comm, pa.string()),
+        "remap_device": np.array([_devkey(r["remap_device"]) if "remap_device" in r else -1 for r in rows],
+                                 dtype=np.int64),
+        "remap_sector": (col("remap_sector"), np.array(["remap_sector" in r for r in rows], dtype=bool)),
+        "split_sector": (col("split"), np.array(["split" in r for r in rows], dtype=bool)),
+        "unplug_depth": (col("depth"), np.array(["depth" in r for r in rows], dtype=bool)),
+        "message": pa.array([r.get("message") for r in rows], pa.string()),
+    }
+    assert all(len(v) == n for v in cols.values() if isinstance(v, np.ndarray))
+    return cols, rejects
+
+
+def _devkey(s: str) -> int:
+    a, b = s.split(",")
+    return (int(a) << 20) | int(b)
+
+
+def _count(s: str) -> int:
+    s = s.replace(",", "").replace("'", "").replace(".", "")
+    mult = {"K": 1000, "M": 1000**2, "G": 1000**3}.get(s[-1:], 1)
+    return int(s.rstrip("KMG")) * mult
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chunks, files, the table
+
+
+def _merge_parts(parts: list[dict]) -> dict:
+    """Concatenate column dicts (fast + grammar parts of a chunk, or chunks of a trace)."""
+    parts = [p for p in parts if len(p["line"])]
+    if not parts:
+        return {}
+    out: dict = {}
+    for key in parts[0]:
+        vals = [p[key] for p in parts]
+        if key == "rwbs":
+            labels = sorted({x for _, lab in vals for x in lab})
+            ix = {x: i for i, x in enumerate(labels)}
+            out[key] = (np.concatenate([np.array([ix[x] for x in lab], dtype=np.int64)[c] if len(lab)
+                                        else c for c, lab in vals]), labels)
+        elif isinstance(vals[0], tuple):
+            out[key] = tuple(np.concatenate([v[i] for v in vals]) for i in range(len(vals[0])))
+        elif isinstance(vals[0], (pa.Array, pa.ChunkedArray)):
+            chunks = [ch for v in vals for ch in (v.chunks if isinstance(v, pa.ChunkedArray) else [v])]
+            out[key] = pa.chunked_array([ch.cast(pa.large_string()) for ch in chunks], type=pa.large_string())
+        else:
+            out[key] = np.concatenate(vals)
+    return out
+
+
+def _take(cols: dict, order: np.ndarray) -> dict:
+    out = {}
+    for key, v in cols.items():
+        if key == "rwbs":
+            out[key] = (v[0][order], v[1])
+        elif isinstance(v, tuple):
+            out[key] = tuple(x[order] for x in v)
+        elif isinstance(v, (pa.Array, pa.ChunkedArray)):
+            out[key] = v.take(pa.array(order))
+        else:
+            out[key] = v[order]
+    return out
+
+
+def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dict, list[tuple[int, str]]]:
+    """One chunk of whole lines; ``line0`` is the 1-based number of its first line."""
+    if fast:
+        cols, rest, ls, le = _fast(buf)
+        texts = [buf[ls[i]:le[i]].decode("utf-8", "replace") for i in rest.tolist()]
+    else:
+        cols = None
+        texts = [x.decode("utf-8", "replace") for x in buf.split(b"\n")[:-1]]
+        rest = np.arange(len(texts))
+    slow, rej = _slow(texts, rest, summary)
+    parts = [p for p in (cols, slow) if p]
+    merged = _merge_parts(parts)
+    if merged:
+        merged = _take(merged, np.argsort(merged["line"], kind="stable"))
+        merged["line"] = merged["line"] + line0
+    return merged, [(ln + line0, t) for ln, t in rej]
+
+
+def _looks_binary(head: bytes) -> bool:
+    return b"\0" in head[:4096]
+
+
+def parse(paths: list[str] | str, chunk_bytes: int = 32 << 20, fast: bool = True) -> ParseResult:
+    """Read blkparse default-format text files into a BLOCK_EVENTS table (in file order, then line order).
+
+    ``fast=False`` sends every line through the pyparsing grammar (the reference; slow). ``chunk_bytes`` is the
+    size of the decompressed pieces read at a time (bytes).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    all_parts = []
+    rejects = []
+    summary: dict = {}
+    truncated = []
+    for fi, path in enumerate(paths):
+        head = fileio.head(path, 4096)
+        if _looks_binary(head):
+            raise fileio.TraceError(f"{path}: not blkparse text (binary content; a blktrace file? use format "
+                                    f"'blktrace')")
+        stream = fileio.Stream(path, size=chunk_bytes)
+        tail = b""
+        line0 = 1
+        rej_rows = []
+        for data in stream:
+            buf = tail + data if tail else data
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0:
+                tail = buf
+                continue
+            body, tail = buf[:cut], buf[cut:]
+            cols, rej = _parse_chunk(body, line0, fast, summary)
+            if cols:
+                cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
+                all_parts.append(cols)
+            rej_rows += rej
+            line0 += body.count(b"\n")
+        if tail:
+            cols, rej = _parse_chunk(tail + b"\n", line0, fast, summary)
+            if cols:
+                cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
+                all_parts.append(cols)
+            rej_rows += rej
+        if stream.truncated:
+            truncated.append({"file": path, "line": line0})
+        if rej_rows:
+            rejects.append(reject_rows(path, [(ln, len(t), "unknown line", t) for ln, t in rej_rows]))
+    events = _frame(_merge_parts(all_parts), paths)
+    rj = pd.concat(rejects, ignore_index=True) if rejects else REJECTS.empty()
+    meta = {"clock": "relative", "summary": summary, "truncated": truncated,
+            "notes": ["blkparse text: times are relative to blkparse's genesis (first event); no wall clock"]}
+    return ParseResult(events=events, rejects=rj, meta=meta)
+
+
+def _devstr(keys: np.ndarray) -> list[str]:
+    return [f"{k >> 20},{k & 0xFFFFF}" for k in keys.tolist()]
+
+
+def _string_series(arr: pa.ChunkedArray | pa.Array) -> pd.arrays.ArrowStringArray:
+    arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return pd.array(arr, dtype="string")
+
+
+def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
+    """The BLOCK_EVENTS frame from merged columns."""
+    if not c:
+        df = BLOCK_EVENTS.empty()
+        df["file"] = pd.Categorical([], categories=paths)
+        return df
+    n = len(c["line"])
+    du, dcodes = np.unique(c["dev"], return_inverse=True)
+    rcodes, rlabels = c["rwbs"]
+    act = c["act"]
+    au, acodes = np.unique(act, return_inverse=True)
+    alabels = [ACTIONS[i] for i in au]
+    # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
+    rcat = category_from_rwbs(np.array(rlabels, dtype=object)) if rlabels else np.zeros(0, dtype=np.int64)
+    acat = np.array([ACTION_CATEGORY[x] for x in alabels], dtype=np.int64)
+    cat = (rcat[rcodes] | acat[acodes]).astype(np.int32)
+    nbytes = c["bytes"]
+    key = cat.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (acodes.astype(np.int64) << 17)
+    uk, kcodes = np.unique(key, return_inverse=True)
+    op_u = op_from_category(uk & 0xFFFF, (uk >> 16) & 1, np.array(alabels, dtype=object)[uk >> 17]).astype(str)
+    ol, oc = np.unique(op_u, return_inverse=True)
+    rm = c["remap_device"]
+    has_rm = rm >= 0
+    rmu, rmc = np.unique(rm[has_rm], return_inverse=True)
+    rm_codes = np.full(n, -1, dtype=np.int64)
+    rm_codes[has_rm] = rmc
+    rm_arr = pa.DictionaryArray.from_arrays(pa.array(rm_codes, mask=~has_rm),
+                                            pa.array(_devstr(rmu), pa.string())).dictionary_decode()
+
+    def nint(v: tuple) -> pd.arrays.IntegerArray:
+        return pd.arrays.IntegerArray(np.where(v[1], v[0], 0).astype(np.int64), ~v[1])
+
+    cols = {
+        "time_ns": c["time_ns"],
+        "device": pd.Categorical.from_codes(dcodes.astype(np.int32), categories=_devstr(du), validate=False),
+        "cpu": c["cpu"].astype(np.int32),
+        "seq": c["seq"], "pid": c["pid"],
+        "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
+        "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
+        "sector": c["sector"], "nsect": c["nsect"], "bytes": nbytes,
+        "error": errno_signed(c["error"]),
+        "comm": _string_series(c["comm"]),
+        "category": cat,
+        "op": pd.Categorical.from_codes(oc[kcodes].astype(np.int32), categories=list(ol), validate=False),
+        "preflush": (cat & TC["flush"]) != 0,
+        "fua": (cat & TC["fua"]) != 0,
+        "sync": (cat & TC["sync"]) != 0,
+        "meta": (cat & TC["meta"]) != 0,
+        "remap_device": pd.array(rm_arr, dtype="string"),
+        "remap_sector": nint(c["remap_sector"]),
+        "split_sector": nint(c["split_sector"]),
+        "unplug_depth": nint(c["unplug_depth"]),
+        "message": _string_series(c["message"]),
+        "file": pd.Categorical.from_codes(c["file"], categories=paths, validate=False),
+        "pos": c["line"],
+    }
+    return pd.DataFrame(cols, copy=False)
