@@ -57,7 +57,6 @@ def _build_grammar() -> tuple[pp.ParserElement, pp.ParserElement]:
     pp.ParserElement.set_default_whitespace_chars(" \t")  # never let a token run into the next line
     try:
         uint = pp.Word(pp.nums).set_parse_action(lambda t: int(t[0]))
-        sint = pp.Regex(r"-?\d+").set_parse_action(lambda t: int(t[0]))
         device = pp.Regex(r"\d+,\d+")
         time = pp.Regex(r"(?P<sec>\d+)\.(?P<ns>\d{9})(?!\d)")
         header = (device("device") + uint("cpu") + uint("seq") + time("time") + uint("pid"))
