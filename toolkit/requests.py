@@ -265,3 +265,44 @@ def device_flushes(events: pd.DataFrame) -> pd.DataFrame:
                              "c_ns": pd.Series([], dtype="Int64"), "error": pd.Series([], dtype="Int32"),
                              "pid": pd.Series([], dtype="int64"), "pos": pd.Series([], dtype="int64")})
     return pd.concat(out, ignore_index=True)
+
+
+def dispatched_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> pd.DataFrame:
+    """One row per issued request (``D``) with its completion: what the device below saw.
+
+    At the guest this is what QEMU receives: merged bios arrive as one request, a FUA write on a device
+    without FUA arrives as a write and then a flush (``D FN``). REQUESTS schema; ``q_ns`` is null, ``sector``
+    is -1 for flushes, and ``c_ns``/``error`` come from the ``C`` with the same extent (FIFO).
+    """
+    ev = events[events["action"].isin(["D", "C"])].sort_values(["time_ns", "pos"], kind="stable")
+    dev_codes, dev_names = pd.factorize(ev["device"].astype(str))
+    ev = ev.assign(_dev=dev_codes, _cls=_opclass(ev), _e=ev["sector"] + ev["nsect"])
+    D = ev[ev["action"] == "D"].sort_values(["_dev", "time_ns", "pos"], kind="stable")
+    C = ev[ev["action"] == "C"].sort_values(["_dev", "time_ns", "pos"], kind="stable")
+
+    def arr(df):
+        return (df["_dev"].to_numpy(), df["time_ns"].to_numpy(), df["_cls"].to_numpy(),
+                df["sector"].to_numpy(), df["_e"].to_numpy())
+
+    m = _fifo_match(*arr(D), *arr(C))
+    has = m >= 0
+    ct = C["time_ns"].to_numpy()
+    ce = C["error"].to_numpy()
+    flush = D["op"].astype(object).to_numpy() == "flush"
+    out = pd.DataFrame({
+        "op": D["op"].astype(object).to_numpy(), "preflush": D["preflush"].to_numpy(), "fua": D["fua"].to_numpy(),
+        "sync": D["sync"].to_numpy(), "meta": D["meta"].to_numpy(),
+        "sector": np.where(flush, -1, D["sector"].to_numpy()), "nsect": D["nsect"].to_numpy(),
+        "d_ns": D["time_ns"].to_numpy(),
+        "c_ns": pd.array(np.where(has, ct[np.maximum(m, 0)] if len(C) else 0, 0), dtype="Int64"),
+        "error": pd.array(np.where(has, ce[np.maximum(m, 0)] if len(C) else 0, 0), dtype="Int32"),
+        "pid": D["pid"].to_numpy(), "comm": D["comm"].to_numpy(), "pos": D["pos"].to_numpy(),
+        "device": dev_names[D["_dev"].to_numpy()] if len(D) else [],
+    })
+    out.loc[~has, ["c_ns", "error"]] = pd.NA
+    out = out.sort_values(["d_ns", "pos"], kind="stable").reset_index(drop=True)
+    out["rid"] = np.arange(len(out), dtype=np.int64)
+    out["d2c_ns"] = out["c_ns"] - out["d_ns"]
+    out["node"] = node
+    out["layer"] = layer
+    return REQUESTS.conform(out)

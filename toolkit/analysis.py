@@ -1,0 +1,310 @@
+"""Analyses over a parsed trace set, one disk at a time (the shape of ARM LISA's analyses).
+
+``SetAnalysis.load(path)`` parses (or reads from the cache) every trace of a set; ``.disks`` gives a
+:class:`DiskAnalysis` per ``[[disk]]``. A DiskAnalysis exposes ``df_*`` methods (DataFrames in the schemas of
+``toolkit.events`` plus documented extra columns), each computed once and cached, and ``requires()`` which
+says what each check needs and whether the set has it: a missing trace gives "cannot check: record X", never
+a silent pass.
+
+Clocks: every ``h_*`` column is ns on the reference clock (the first host's CLOCK_MONOTONIC); ``g_*`` columns
+are the guest's CLOCK_MONOTONIC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from toolkit import clocks, durability, mapping, qemu, requests, store, traceset
+from toolkit.events import BLOCK_EVENTS, QEMU_EVENTS
+from toolkit.parsers import ParseResult
+from toolkit.traceset import Disk, Trace, TraceSet
+
+#: slack (ns) for QEMU log times: microsecond resolution plus the realtime->monotonic pair uncertainty
+LOG_SLACK_NS = 2_000
+
+
+@dataclass
+class Missing:
+    """A check that cannot be made, and what to record next time."""
+
+    check: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"check": self.check, "reason": self.reason}
+
+
+class SetAnalysis:
+    """A parsed trace set: traces by index, the reference clock, one DiskAnalysis per disk."""
+
+    def __init__(self, ts: TraceSet, results: dict[int, ParseResult]):
+        self.ts = ts
+        self.results = results
+        self.ref = clocks.reference_clock(ts)
+
+    @classmethod
+    def load(cls, path, *, use_cache: bool = True, progress=None) -> SetAnalysis:
+        ts = traceset.load(path)
+        return cls(ts, store.ingest(ts, use_cache=use_cache, progress=progress))
+
+    def events(self, t: Trace) -> pd.DataFrame:
+        return self.results[t.index].events
+
+    def rejects(self) -> pd.DataFrame:
+        parts = [r.rejects for r in self.results.values() if len(r.rejects)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    @cached_property
+    def disks(self) -> list[DiskAnalysis]:
+        return [DiskAnalysis(self, d) for d in self.ts.disks]
+
+    def realtime_offset(self, node: str) -> clocks.Offset | None:
+        return clocks.realtime_to_monotonic(self.ts, node)
+
+    def qemu_traces(self, guest: str | None = None) -> list[Trace]:
+        return [t for t in self.ts.traces if t.layer == "qemu" and (guest is None or t.guest in (guest, None))]
+
+
+def _dev_filter(ev: pd.DataFrame, device: str | None) -> pd.DataFrame:
+    if device is None or ev.empty:
+        return ev
+    return ev[ev["device"].astype(str) == device]
+
+
+@dataclass
+class DiskAnalysis:
+    """Everything about one virtual disk through the layers."""
+
+    sa: SetAnalysis
+    disk: Disk
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- traces
+    @property
+    def ts(self) -> TraceSet:
+        return self.sa.ts
+
+    @property
+    def name(self) -> str:
+        return self.disk.name or f"{self.disk.guest}:{self.disk.guest_device}"
+
+    def _traces(self, layer: str, node: str | None = None) -> list[Trace]:
+        return [t for t in self.ts.traces if t.layer == layer and (node is None or t.node == node)]
+
+    @cached_property
+    def guest_traces(self) -> list[Trace]:
+        return self._traces("guest-block", self.disk.guest)
+
+    @cached_property
+    def host_traces(self) -> list[Trace]:
+        return self._traces("host-block")
+
+    @cached_property
+    def qemu_traces(self) -> list[Trace]:
+        return self.sa.qemu_traces(self.disk.guest)
+
+    @cached_property
+    def host_node(self) -> str:
+        if self.host_traces:
+            return self.host_traces[0].node
+        return self.sa.ref.split(":")[0]
+
+    def _events(self, ts: list[Trace], device: str | None) -> pd.DataFrame:
+        parts = [_dev_filter(self.sa.events(t), device) for t in ts]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return BLOCK_EVENTS.empty()
+        ev = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return ev.sort_values(["time_ns", "pos"], kind="stable")
+
+    @cached_property
+    def guest_events(self) -> pd.DataFrame:
+        return self._events(self.guest_traces, self.disk.guest_device)
+
+    @cached_property
+    def host_events(self) -> pd.DataFrame:
+        return self._events(self.host_traces, self.disk.host_device)
+
+    # ---------------------------------------------------------------- requirements
+    def requires(self) -> list[Missing]:
+        """What this disk's checks cannot do with the traces at hand."""
+        out = []
+        if not self.guest_traces:
+            out.append(Missing("guest promises", "no guest-block trace: record blktrace of the virtual disk inside "
+                                                 "the guest (writeorder capture guest)"))
+        if not self.host_traces:
+            out.append(Missing("host durability", "no host-block trace: record blktrace (or the ftrace blk tracer) "
+                                                  "of the device beneath the image"))
+        if not self.qemu_traces:
+            out.append(Missing("lineage through QEMU", "no QEMU trace: enable virtio_blk_*, blk_co_*, bdrv_co_*, "
+                                                       "thread_pool_* trace events"))
+        elif not self.qemu_has_times:
+            out.append(Missing("QEMU timing", "the QEMU log has no timestamps: run QEMU with -msg timestamp=on; "
+                                              "guest requests are placed on the host clock by clock alignment "
+                                              "(uncertain)"))
+        return out
+
+    @cached_property
+    def qemu_has_times(self) -> bool:
+        return any(self.sa.results[t.index].events["time_ns"].notna().any() for t in self.qemu_traces)
+
+    @cached_property
+    def t0(self) -> int:
+        """Origin (ns, reference clock) of the relative times in sentences and plots: the host trace's start."""
+        if len(self.host_events):
+            return int(self.host_events["time_ns"].min())
+        return 0
+
+    # ---------------------------------------------------------------- clocks
+    @cached_property
+    def rt_offset(self) -> clocks.Offset | None:
+        return self.sa.realtime_offset(self.host_node)
+
+    def qemu_to_ref(self, t: pd.Series, trace: Trace) -> np.ndarray:
+        """QEMU times to the reference clock (log: realtime -> monotonic; simple: already monotonic)."""
+        v = t.astype("Float64").to_numpy(np.float64, na_value=np.nan)
+        meta = self.sa.results[trace.index].meta
+        if meta.get("clock") == "realtime":
+            if self.rt_offset is None:
+                return np.full(len(v), np.nan)
+            off = float(self.rt_offset.value(np.array([0]))[0])
+            return v + off
+        return v
+
+    # ---------------------------------------------------------------- requests
+    def df_guest_bios(self) -> pd.DataFrame:
+        """Guest bios (REQUESTS; guest clock; extra btt columns q2d_ns, d2c_ns, q2c_ns)."""
+        return self._memo("guest_bios", lambda: requests.block_requests(
+            self.guest_events, node=self.disk.guest, layer="guest-block"))
+
+    def df_guest_requests(self) -> pd.DataFrame:
+        """What the guest sent to the virtual disk: one row per issued request (REQUESTS, guest clock)."""
+        return self._memo("guest_req", lambda: requests.dispatched_requests(
+            self.guest_events, node=self.disk.guest, layer="guest-block"))
+
+    def df_host_bios(self) -> pd.DataFrame:
+        """Host bios on the device beneath the image (REQUESTS, reference clock)."""
+        return self._memo("host_bios", lambda: requests.block_requests(
+            self.host_events, node=self.host_node, layer="host-block"))
+
+    def df_host_flushes(self) -> pd.DataFrame:
+        """Device flushes of the host device: d_ns, c_ns, error, pid (reference clock)."""
+        return self._memo("host_flushes", lambda: requests.device_flushes(self.host_events))
+
+    def df_qemu_requests(self) -> pd.DataFrame:
+        """QEMU's virtio-blk requests (REQUESTS + h_* columns on the reference clock, see toolkit.qemu)."""
+        def build():
+            parts = []
+            for t in self.qemu_traces:
+                ev = self.sa.results[t.index].events
+                r = qemu.qemu_requests(ev, node=t.node, role=t.role, pid=t.pid)
+                r["trace"] = t.index
+                r["role"] = t.role
+                for c in ("q_ns", "d_ns", "c_ns", "sub_ns", "done_ns"):
+                    if c in r.columns:
+                        r["h_" + c[:-3]] = self.qemu_to_ref(r[c], t)
+                parts.append(r)
+            if not parts:
+                return pd.DataFrame()
+            out = pd.concat(parts, ignore_index=True)
+            out["qid"] = np.arange(len(out))
+            return out
+        return self._memo("qemu_req", build)
+
+    @cached_property
+    def extents(self) -> pd.DataFrame:
+        return mapping.build(self.disk.mapping, self.ts.root)
+
+    # ---------------------------------------------------------------- lineage
+    def df_lineage(self) -> pd.DataFrame:
+        """Guest requests linked to QEMU requests: one row per guest request.
+
+        Columns: rid (guest), op, sector, nsect, g_d, g_c (guest clock), qid (QEMU request, -1 if unlinked),
+        h_handle, h_sub, h_done, h_ack (reference clock: QEMU received, submitted to the host, host I/O
+        done, completed to the guest), h_unc (ns of uncertainty of the h_* times), reason (why unlinked).
+        """
+        return self._memo("lineage", self._lineage)
+
+    def _lineage(self) -> pd.DataFrame:
+        from toolkit import lineage
+
+        return lineage.link_guest_qemu(self)
+
+    @cached_property
+    def guest_offset(self) -> clocks.Offset | None:
+        from toolkit import lineage
+
+        return lineage.guest_clock(self)
+
+    # ---------------------------------------------------------------- durability
+    def df_host_writes(self) -> pd.DataFrame:
+        """Host writes with ``durable_ns`` (reference clock; ``durability.NEVER`` if never) and their pieces
+        in guest sectors (``g_sector``/``g_nsect`` of the first piece; -1 outside the image)."""
+        def build():
+            b = self.df_host_bios()
+            w = b[(b["op"].isin(["write", "discard"])) & (b["nsect"] > 0)].copy()
+            w["durable_ns"] = durability.host_durable(w, self.df_host_flushes(),
+                                                      volatile_cache=self.host_volatile_cache)
+            return w.reset_index(drop=True)
+        return self._memo("host_writes", build)
+
+    @property
+    def host_volatile_cache(self) -> bool:
+        return True
+
+    @cached_property
+    def direct_share(self) -> float | None:
+        from toolkit import lineage
+
+        return lineage.direct_io_share(self)
+
+    @cached_property
+    def inferred_direct(self) -> bool:
+        """Host writes carry guest writes synchronously (O_DIRECT: cache=none / directsync)."""
+        if self.direct_share is None:
+            return (self.disk.cache or "none") in ("none", "directsync")
+        return self.direct_share >= 0.8
+
+    def df_writes(self) -> pd.DataFrame:
+        """Guest writes with their host reality. One row per guest write request (df_guest_requests).
+
+        Extra columns: qid, h_handle, h_sub, h_done, h_ack, h_unc (reference clock), flush_rid (the first
+        guest flush issued after the write completed: it promised the write durable; -1 none),
+        hd_opt_ns / hd_cert_ns (durable on the host: counting host writes issued from QEMU's submission /
+        only from QEMU's completion of the write; ``NEVER`` = not within the trace), first_host_q_ns,
+        via_rid (host bio that made its last sector durable), mapped (bool).
+        """
+        return self._memo("writes", self._writes)
+
+    def _writes(self) -> pd.DataFrame:
+        from toolkit import lineage
+
+        return lineage.guest_writes_durability(self)
+
+    def df_flushes(self) -> pd.DataFrame:
+        """Guest flushes (the promises) with their QEMU and host side: rid, g_d, g_c, qid, h_handle, h_ack,
+        host_flushes (device flushes of the host issued in [h_handle, h_ack]), new_writes (guest writes
+        first promised by this flush), late_writes (those not durable on the host by h_ack)."""
+        return self._memo("flushes", lambda: __import__("toolkit.lineage").lineage.guest_flushes(self))
+
+    def df_exposure(self) -> pd.DataFrame:
+        """At-risk set over time (reference clock): time_ns, writes, bytes."""
+        def build():
+            w = self.df_writes()
+            w = w[w["mapped"] & w["h_sub"].notna()]
+            end = int(self.host_events["time_ns"].max()) if len(self.host_events) else None
+            return durability.exposure(w["h_sub"].to_numpy(np.int64), w["hd_opt_ns"].to_numpy(np.int64),
+                                       (w["nsect"] * 512).to_numpy(np.int64), end)
+        return self._memo("exposure", build)
+
+    def _memo(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+
+QEMU_SCHEMA = QEMU_EVENTS

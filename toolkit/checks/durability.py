@@ -1,0 +1,131 @@
+"""Durability checks: did every write the guest was promised durable reach stable storage on the host in time?
+
+Classes: ``flush-not-durable``, ``fua-not-durable``, ``flush-not-forwarded``, ``acked-not-durable-at-end``.
+Inputs: ``DiskAnalysis.df_writes()`` / ``df_flushes()`` (guest promises with their host reality). A write whose
+host side is unknown (not linked, not mapped, host trace not covering the deadline) is a coverage gap, never a
+finding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from toolkit.checks import Violation, fmt_s
+from toolkit.durability import NEVER
+
+
+def _host_span(da) -> tuple[int, int] | None:
+    ev = da.host_events
+    if ev.empty:
+        return None
+    return int(ev["time_ns"].min()), int(ev["time_ns"].max())
+
+
+def _req(layer: str, rid, what: str, **times) -> dict:
+    d = {"layer": layer, "id": None if rid is None or pd.isna(rid) else int(rid), "what": what}
+    for k, v in times.items():
+        d[k] = None if v is None or pd.isna(v) or v == NEVER else int(v)
+    return d
+
+
+def _durable_text(ns: int, t0: int) -> str:
+    return "was not durable before the trace ended" if ns == NEVER else f"was durable on the host at {fmt_s(ns, t0)}"
+
+
+def evaluated_writes(da) -> pd.DataFrame:
+    """Guest writes with a deadline (the h_ack of the flush that promised them) and the verdict columns
+    ``late`` (certainly not durable by the deadline), ``maybe_late`` (inside the timing uncertainty) and
+    ``gap`` (cannot be judged: unlinked, unmapped, or the host trace ends before the deadline)."""
+    w = da.df_writes()
+    f = da.df_flushes().set_index("rid")
+    span = _host_span(da)
+    w = w[w["completed"]].copy()
+    w["deadline"] = w["flush_rid"].map(f["h_ack"]).astype(np.float64)
+    w["f_unc"] = w["flush_rid"].map(f["h_unc"]).fillna(0).astype(np.float64)
+    # FUA writes promise themselves at their own completion
+    fua = w["fua"].to_numpy(bool)
+    w.loc[fua, "deadline"] = w.loc[fua, "h_ack"]
+    unc = w["h_unc"].fillna(0).to_numpy() + w["f_unc"].to_numpy()
+    dl = w["deadline"].to_numpy()
+    hd_opt = w["hd_opt_ns"].to_numpy(np.float64)
+    hd_cert = w["hd_cert_ns"].to_numpy(np.float64)
+    host_covers = (span is not None) & (np.nan_to_num(dl, nan=np.inf) <= (span[1] if span else 0))
+    linked = w["h_sub"].notna().to_numpy() & w["mapped"].to_numpy()
+    judged = ~np.isnan(dl) & linked & host_covers
+    w["late"] = judged & (hd_opt > dl + unc)
+    w["maybe_late"] = judged & ~w["late"].to_numpy() & (hd_cert > dl - unc)
+    w["gap"] = ~np.isnan(dl) & ~(linked & host_covers)
+    return w
+
+
+def check(da) -> list[Violation]:
+    out: list[Violation] = []
+    w = evaluated_writes(da)
+    f = da.df_flushes()
+    t0 = da.t0
+    flushes = f.set_index("rid")
+    bad = w[(w["late"] | w["maybe_late"]) & ~w["fua"]]
+    for frid, grp in bad.groupby("flush_rid", sort=True):
+        fl = flushes.loc[frid]
+        worst = grp.sort_values("hd_opt_ns").iloc[-1]
+        certain = bool(grp["late"].any())
+        sent = (f"guest flush #{frid} completed at {fmt_s(fl['h_ack'], t0)} (QEMU told the guest); "
+                f"write #{int(worst['rid'])} (sectors {int(worst['sector'])}+{int(worst['nsect'])}), which it "
+                f"covered, reached the host disk at {fmt_s(worst['first_host_q_ns'] if worst['first_host_q_ns'] != NEVER else None, t0)} "
+                f"and {_durable_text(int(worst['hd_opt_ns']), t0)}"
+                + (f"; {len(grp)} covered writes were late" if len(grp) > 1 else ""))
+        if not certain:
+            sent += " (within the timing uncertainty: the host write may already have carried the data)"
+        reqs = [_req("guest-block", frid, "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
+                _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"], h_ack=fl["h_ack"])]
+        for _, x in grp.sort_values("hd_opt_ns", ascending=False).head(8).iterrows():
+            reqs += [_req("guest-block", x["rid"], "covered write", g_d=x["g_d"], g_c=x["g_c"]),
+                     _req("host-block", x["first_rid"], "first host write carrying its data",
+                          q_ns=x["first_host_q_ns"]),
+                     _req("host-block", x["via_rid"], "host write that made it durable", durable_ns=x["hd_opt_ns"])]
+        end = int(grp["hd_opt_ns"].max())
+        out.append(Violation("flush-not-durable", da.disk.guest + "," + da.host_node, "host-block",
+                             int(fl["h_ack"]), None if end == NEVER else end, int(worst["sector"]),
+                             int(worst["nsect"]), reqs, not certain, sent, da.name,
+                             {"late_writes": int(len(grp)), "certain": int(grp["late"].sum())}))
+    # FUA writes
+    for _, x in w[(w["late"] | w["maybe_late"]) & w["fua"]].iterrows():
+        sent = (f"guest FUA write #{int(x['rid'])} (sectors {int(x['sector'])}+{int(x['nsect'])}) completed at "
+                f"{fmt_s(x['h_ack'], t0)} and {_durable_text(int(x['hd_opt_ns']), t0)}")
+        out.append(Violation("fua-not-durable", da.disk.guest + "," + da.host_node, "host-block",
+                             int(x["h_ack"]), None if x["hd_opt_ns"] == NEVER else int(x["hd_opt_ns"]),
+                             int(x["sector"]), int(x["nsect"]),
+                             [_req("guest-block", x["rid"], "FUA write", g_d=x["g_d"], g_c=x["g_c"]),
+                              _req("host-block", x["via_rid"], "host write", durable_ns=x["hd_opt_ns"])],
+                             not bool(x["late"]), sent, da.name))
+    # flushes not forwarded: covered data not durable when the flush reached QEMU, and no host flush at all
+    # until it completed
+    not_durable_at_arrival = w[w["flush_rid"] >= 0]
+    arr = not_durable_at_arrival["flush_rid"].map(flushes["h_handle"]).to_numpy(np.float64)
+    pending = not_durable_at_arrival[not_durable_at_arrival["hd_opt_ns"].to_numpy(np.float64) > arr]
+    pend_count = pending.groupby("flush_rid").size()
+    nf = f[(f["host_flushes"] == 0) & (f["host_flush_bios"] == 0) & f["rid"].isin(pend_count.index)]
+    for _, fl in nf.iterrows():
+        n = int(pend_count[fl["rid"]])
+        sent = (f"guest flush #{int(fl['rid'])} reached QEMU at {fmt_s(fl['h_handle'], t0)} and completed at "
+                f"{fmt_s(fl['h_ack'], t0)} with no flush of the host device in between, while {n} write(s) it "
+                f"covered were not durable on the host")
+        out.append(Violation("flush-not-forwarded", da.disk.guest + "," + da.host_node, "qemu",
+                             int(fl["h_handle"]), int(fl["h_ack"]), None, None,
+                             [_req("guest-block", fl["rid"], "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
+                              _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"],
+                                   h_ack=fl["h_ack"])],
+                             bool(fl["h_unc"] > 10 * 2_000), sent, da.name, {"pending_writes": n}))
+    # exposure at the end
+    span = _host_span(da)
+    end = w[(w["hd_opt_ns"] == NEVER) & w["mapped"] & w["h_sub"].notna()]
+    if span is not None and len(end):
+        sent = (f"{len(end)} write(s) acknowledged to the guest ({int(end['nsect'].sum()) * 512} bytes, first "
+                f"#{int(end['rid'].iloc[0])} at sectors {int(end['sector'].iloc[0])}+{int(end['nsect'].iloc[0])}) "
+                f"were still not durable on the host when its trace ended at {fmt_s(span[1], t0)}")
+        out.append(Violation("acked-not-durable-at-end", da.disk.guest + "," + da.host_node, "host-block",
+                             int(end["h_ack"].min()), span[1], int(end["sector"].min()), None,
+                             [_req("guest-block", x.rid, "write", g_c=x.g_c) for x in end.head(50).itertuples()],
+                             False, sent, da.name, {"writes": int(len(end)), "bytes": int(end["nsect"].sum()) * 512}))
+    return out

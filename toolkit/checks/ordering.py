@@ -1,0 +1,120 @@
+"""Ordering checks: ``crash-reorder`` and ``overlapping-inflight``.
+
+crash-reorder (DESIGN.md): for a guest flush F completed at tF, A = the guest writes completed before F was
+issued, B = the guest writes issued after F completed. A crash at t breaks the guest's ordering when a host
+write carrying data of some b in B had been issued by t while some a in A was not yet durable. Per F the first
+window [first host issue of any b, last durability of any a] with its witness pair. Vectorised with a prefix
+maximum over A (writes by guest completion) and a suffix minimum over B (writes by guest issue).
+
+overlapping-inflight: two writes to overlapping sectors in flight at once (their [issue, completion]
+intervals overlap) at one layer: their order on the medium is undefined.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from toolkit.checks import Violation, fmt_s
+from toolkit.checks.durability import _req
+from toolkit.durability import NEVER
+
+
+def crash_reorder(da) -> list[Violation]:
+    w = da.df_writes()
+    w = w[w["completed"] & w["mapped"] & w["h_sub"].notna()]
+    f = da.df_flushes()
+    f = f[f["h_ack"].notna() & f["g_c"].notna()]
+    if w.empty or f.empty:
+        return []
+    t0 = da.t0
+    # A: prefix max of durability over writes ordered by guest completion
+    a = w.sort_values("g_c")
+    a_c = a["g_c"].to_numpy(np.float64)
+    a_hd = a["hd_opt_ns"].to_numpy(np.int64)
+    a_pmax = np.maximum.accumulate(a_hd)
+    a_arg = np.maximum.accumulate(np.where(a_hd == a_pmax, np.arange(len(a_hd)), 0))
+    # B: suffix min of first host issue over writes ordered by guest issue
+    b = w.sort_values("g_d")
+    b_d = b["g_d"].to_numpy(np.int64)
+    b_q = b["first_host_q_ns"].to_numpy(np.int64)
+    b_smin = np.minimum.accumulate(b_q[::-1])[::-1]
+    idx = np.arange(len(b_q))
+    b_arg = np.minimum.accumulate(np.where(b_q == b_smin, idx, len(b_q))[::-1])[::-1]
+    ka = np.searchsorted(a_c, f["g_d"].to_numpy(np.float64), side="left") - 1   # last a completed before F issued
+    kb = np.searchsorted(b_d, f["g_c"].to_numpy(np.float64), side="right")      # first b issued after F completed
+    out = []
+    span_end = int(da.host_events["time_ns"].max()) if len(da.host_events) else None
+    for i, fl in enumerate(f.itertuples()):
+        if ka[i] < 0 or kb[i] >= len(b_d):
+            continue
+        max_a, min_b = int(a_pmax[ka[i]]), int(b_smin[kb[i]])
+        if min_b == NEVER or not (min_b < max_a):
+            continue
+        if max_a == NEVER and (span_end is None or min_b > span_end):
+            continue
+        wa = a.iloc[int(a_arg[ka[i]])]
+        wb = b.iloc[int(b_arg[kb[i]])]
+        unc = float(wa["h_unc"] or 0) + float(wb["h_unc"] or 0)
+        uncertain = (max_a - min_b) <= unc
+        end = None if max_a == NEVER else max_a
+        sent = (f"after guest flush #{fl.rid} completed at {fmt_s(fl.h_ack, t0)}, write #{int(wb['rid'])} (sectors "
+                f"{int(wb['sector'])}+{int(wb['nsect'])}) reached the host disk at {fmt_s(min_b, t0)} while write "
+                f"#{int(wa['rid'])} (sectors {int(wa['sector'])}+{int(wa['nsect'])}), which the flush covered, "
+                + ("was not durable before the trace ended" if end is None else f"was durable only at {fmt_s(end, t0)}")
+                + ": a crash in between leaves the later write without the earlier one")
+        out.append(Violation(
+            "crash-reorder", da.disk.guest + "," + da.host_node, "host-block", min_b, end,
+            int(wa["sector"]), int(wa["nsect"]),
+            [_req("guest-block", fl.rid, "guest flush", g_d=fl.g_d, g_c=fl.g_c),
+             _req("guest-block", wa["rid"], "write covered by the flush (a)", g_c=wa["g_c"], durable_ns=max_a),
+             _req("host-block", wa["via_rid"], "host write that made (a) durable", durable_ns=max_a),
+             _req("guest-block", wb["rid"], "write issued after the flush (b)", g_d=wb["g_d"]),
+             _req("host-block", wb["first_rid"], "host write carrying (b)", q_ns=min_b)],
+            bool(uncertain), sent, da.name, {"witness_a": int(wa["rid"]), "witness_b": int(wb["rid"])}))
+    return out
+
+
+def overlapping_pairs(req: pd.DataFrame) -> pd.DataFrame:
+    """Pairs (i, j) of writes (rows of a dispatched-requests table) whose sector ranges intersect and whose
+    [d_ns, c_ns] intervals overlap. Vectorised: each write is compared with the writes issued before it
+    completed (bounded by the queue depth)."""
+    w = req[(req["op"] == "write") & req["c_ns"].notna() & (req["nsect"] > 0)].sort_values("d_ns")
+    d = w["d_ns"].to_numpy(np.int64)
+    c = w["c_ns"].to_numpy(np.int64)
+    s = w["sector"].to_numpy(np.int64)
+    e = s + w["nsect"].to_numpy(np.int64)
+    hi = np.searchsorted(d, c, side="left")  # writes issued before this one completed
+    cnt = np.maximum(hi - np.arange(len(d)) - 1, 0)
+    i = np.repeat(np.arange(len(d)), cnt)
+    j = i + 1 + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    ok = (s[i] < e[j]) & (s[j] < e[i])
+    i, j = i[ok], j[ok]
+    return pd.DataFrame({"a": w["rid"].to_numpy()[i], "b": w["rid"].to_numpy()[j],
+                         "start_ns": d[j], "end_ns": np.minimum(c[i], c[j]),
+                         "sector": np.maximum(s[i], s[j]), "nsect": np.minimum(e[i], e[j]) - np.maximum(s[i], s[j])})
+
+
+def overlapping_inflight(da) -> list[Violation]:
+    out = []
+    layers = [("guest-block", da.disk.guest, da.df_guest_requests())]
+    if len(da.host_events):
+        from toolkit.requests import dispatched_requests
+        layers.append(("host-block", da.host_node, dispatched_requests(da.host_events)))
+    for layer, node, req in layers:
+        p = overlapping_pairs(req)
+        where, t0 = "reference clock", da.t0
+        if layer == "guest-block":
+            if da.guest_offset is not None and len(p):
+                p["start_ns"] = da.guest_offset.to_ref(p["start_ns"].to_numpy())
+                p["end_ns"] = da.guest_offset.to_ref(p["end_ns"].to_numpy())
+            else:
+                where, t0 = "guest clock", 0
+        for x in p.itertuples():
+            sent = (f"{layer} writes #{x.a} and #{x.b} to overlapping sectors {x.sector}+{x.nsect} were in flight "
+                    f"at once from {fmt_s(x.start_ns, t0)} to {fmt_s(x.end_ns, t0)} ({where}): which one is on the "
+                    f"medium is undefined")
+            out.append(Violation("overlapping-inflight", node, layer, int(x.start_ns), int(x.end_ns), int(x.sector),
+                                 int(x.nsect), [_req(layer, x.a, "write"), _req(layer, x.b, "write")], False, sent,
+                                 da.name, {"clock": where}))
+    return out

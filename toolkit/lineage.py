@@ -1,0 +1,211 @@
+"""Lineage: guest request -> QEMU request -> host writes, and the guest clock on the reference timeline.
+
+* :func:`link_guest_qemu` links each guest request (what the guest sent to its virtual disk) to the QEMU
+  virtio-blk request that served it: same op and extent, in order, nearest in time after a coarse clock
+  offset (reference pairs, else rank-matched writes). Never a plain join: a sector is written many times.
+* :func:`guest_clock` aligns the guest clock with the host from the linked pairs (causal bounds, see
+  ``toolkit.clocks``), falling back to the manifest's reference pairs.
+* :func:`guest_writes_durability` maps each guest write through the image mapping to host sectors and finds
+  when its data (or newer data) was durable on the host device (``durability.carried_durable``).
+* :func:`guest_flushes` gives each guest flush with what it promised and what the host did meanwhile.
+
+Times: ``g_*`` guest CLOCK_MONOTONIC ns; ``h_*`` reference clock ns; sectors of 512 bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from toolkit import clocks, durability, mapping
+
+SLACK_NS = 2_000          # QEMU log resolution (1 us) + realtime/monotonic pair uncertainty
+MATCH_TOL_NS = 200_000_000  # guest<->QEMU matching window around the coarse offset
+NEVER = durability.NEVER
+
+
+def _guest_side(da) -> pd.DataFrame:
+    g = da.df_guest_requests()
+    g = g[g["op"].isin(["write", "flush", "read", "discard"])]
+    return pd.DataFrame({
+        "rid": g["rid"].to_numpy(), "op": g["op"].astype(object).to_numpy(),
+        "sector": g["sector"].to_numpy(), "nsect": g["nsect"].to_numpy(),
+        "g_d": g["d_ns"].to_numpy(np.int64),
+        "g_c": g["c_ns"].astype("Float64").to_numpy(np.float64, na_value=np.nan),
+        "error": g["error"].astype("Float64").to_numpy(np.float64, na_value=np.nan),
+        "fua": g["fua"].to_numpy(bool),
+    })
+
+
+def _qemu_side(da) -> pd.DataFrame:
+    q = da.df_qemu_requests()
+    if q.empty:
+        return q
+    q = q[q["op"].isin(["write", "flush", "read", "discard", "write_zeroes"])].copy()
+    q["sector"] = q["sector"].fillna(-1).astype(np.int64)
+    q["nsect"] = q["nsect"].fillna(0).astype(np.int64)
+    q.loc[q["op"] == "flush", ["sector", "nsect"]] = (-1, 0)
+    first = q[[c for c in ("h_q", "h_d", "h_sub", "h_c") if c in q.columns]].min(axis=1)
+    q["h_handle"] = q["h_q"].where(q["h_q"].notna(), first) if "h_q" in q.columns else first
+    q["h_ack"] = q["h_c"]
+    q["h_sub"] = q["h_sub"] if "h_sub" in q.columns else q.get("h_d", q["h_handle"])
+    q["h_done"] = q["h_done"] if "h_done" in q.columns else q["h_ack"]
+    return q
+
+
+def link_guest_qemu(da) -> pd.DataFrame:
+    g = _guest_side(da)
+    q = _qemu_side(da)
+    g["qid"] = -1
+    g["reason"] = ""
+    for c in ("h_handle", "h_sub", "h_done", "h_ack"):
+        g[c] = np.nan
+    g["h_unc"] = np.nan
+    if q.empty or not da.qemu_has_times:
+        g["reason"] = "no QEMU trace" if q.empty else "QEMU log without timestamps"
+        return _align_only(da, g)
+    gw = g[g["op"] == "write"].rename(columns={"g_d": "t"})[["sector", "nsect", "t"]]
+    qw = q[q["op"] == "write"].rename(columns={"h_handle": "t"})[["sector", "nsect", "t"]]
+    off0 = clocks.coarse_guest_offset(da.ts, da.disk.guest, da.host_node, gw, qw.dropna())
+    if off0 is None:
+        g["reason"] = "no coarse clock offset (no reference pairs, no writes in common)"
+        return g
+    # nearest QEMU request of the same op and extent around the coarse-aligned guest issue time
+    left = g.assign(t=(g["g_d"] + off0).astype(np.int64), key=_key(g)).sort_values("t")
+    right = q.dropna(subset=["h_handle"]).assign(t=lambda x: x["h_handle"].astype(np.int64), key=lambda x: _key(x))
+    right = right.sort_values("t")
+    m = pd.merge_asof(left[["rid", "t", "key"]], right[["qid", "t", "key"]], on="t", by="key",
+                      direction="nearest", tolerance=MATCH_TOL_NS, suffixes=("", "_q"))
+    m = m.dropna(subset=["qid"])
+    m["qid"] = m["qid"].astype(np.int64)
+    # each QEMU request serves one guest request: keep the nearest claim (after the offset)
+    qt = right.set_index("qid")["t"]
+    m["dist"] = (m["qid"].map(qt) - m["t"]).abs()
+    m = m.sort_values("dist").drop_duplicates("qid").drop_duplicates("rid")
+    link = m.set_index("rid")["qid"]
+    g["qid"] = g["rid"].map(link).fillna(-1).astype(np.int64)
+    qi = q.set_index("qid")
+    has = g["qid"] >= 0
+    for c in ("h_handle", "h_sub", "h_done", "h_ack"):
+        g.loc[has, c] = g.loc[has, "qid"].map(qi[c]).to_numpy(np.float64)
+    g.loc[has, "h_unc"] = SLACK_NS
+    g.loc[~has, "reason"] = "no QEMU request of the same op and extent near this time"
+    return g
+
+
+def _key(df: pd.DataFrame) -> pd.Series:
+    return df["op"].astype(str) + ":" + df["sector"].astype(str) + "+" + df["nsect"].astype(str)
+
+
+def _align_only(da, g: pd.DataFrame) -> pd.DataFrame:
+    """Place guest requests on the host clock by clock alignment alone (uncertain by its interval)."""
+    off = da.guest_offset
+    if off is None:
+        g["reason"] += "; no guest clock alignment"
+        return g
+    unc = off.uncertainty(g["g_d"].to_numpy()) + SLACK_NS
+    h_d = off.to_ref(g["g_d"].to_numpy())
+    gc = g["g_c"].to_numpy()
+    h_c = np.where(np.isnan(gc), np.nan, off.to_ref(np.nan_to_num(gc).astype(np.int64)))
+    g["h_handle"], g["h_sub"], g["h_done"], g["h_ack"], g["h_unc"] = h_d, h_d, h_c, h_c, unc
+    return g
+
+
+def guest_clock(da) -> clocks.Offset | None:
+    """guest:monotonic -> reference, from causal pairs of linked requests, else reference pairs."""
+    causal = None
+    if da.qemu_traces and da.qemu_has_times and da.guest_traces:
+        lin = da.df_lineage()
+        lin = lin[lin["qid"] >= 0]
+        causal = pd.DataFrame({"g_d": lin["g_d"], "g_c": lin["g_c"], "h_handle": lin["h_handle"],
+                               "h_ack": lin["h_ack"]})
+    return clocks.guest_offset(da.ts, da.disk.guest, da.host_node, causal)
+
+
+def direct_io_share(da) -> float | None:
+    """Share of linked guest writes whose own host write (mapped start sector) was issued between QEMU's
+    submission and completion of the write: ~1 with O_DIRECT (cache=none/directsync), ~0 through the page
+    cache. None when it cannot be measured."""
+    lin = da.df_lineage()
+    w = lin[(lin["op"] == "write") & (lin["qid"] >= 0) & lin["h_sub"].notna() & lin["h_done"].notna()]
+    hw = da.df_host_writes()
+    if w.empty or hw.empty:
+        return None
+    pieces = mapping.to_host(da.extents, w["sector"].to_numpy(), w["nsect"].to_numpy())
+    first = pieces.groupby("i").head(1)
+    left = pd.DataFrame({"i": first["i"].to_numpy(), "h_sector": first["h_sector"].to_numpy(),
+                         "t": w["h_sub"].to_numpy(np.float64)[first["i"].to_numpy()] - SLACK_NS,
+                         "done": w["h_done"].to_numpy(np.float64)[first["i"].to_numpy()] + SLACK_NS})
+    left["t"] = left["t"].astype(np.int64)
+    right = pd.DataFrame({"h_sector": hw["sector"].to_numpy(np.int64), "q": hw["q_ns"].to_numpy(np.int64)})
+    right["t"] = right["q"]
+    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t"), on="t", by="h_sector",
+                      direction="forward")
+    ok = m["q"].notna() & (m["q"] <= m["done"])
+    return float(ok.mean()) if len(m) else None
+
+
+def guest_writes_durability(da) -> pd.DataFrame:
+    lin = da.df_lineage()
+    w = lin[(lin["op"] == "write")].copy()
+    w["completed"] = w["g_c"].notna() & (w["error"].fillna(0) == 0)
+    direct = da.inferred_direct if hasattr(da, "inferred_direct") else (direct_io_share(da) or 0) >= 0.8
+    sub = w["h_sub"].to_numpy(np.float64)
+    unc = w["h_unc"].fillna(0).to_numpy(np.float64)
+    done = w["h_done"].to_numpy(np.float64)
+    t_opt = sub - unc
+    t_cert = t_opt if direct else done + unc
+    pieces = mapping.to_host(da.extents, w["sector"].to_numpy(), w["nsect"].to_numpy())
+    w["mapped"] = False
+    w.loc[w.index[np.unique(pieces["i"].to_numpy())], "mapped"] = True
+    ok = ~np.isnan(t_opt[pieces["i"].to_numpy()])
+    pieces = pieces[ok]
+    wid = w["rid"].to_numpy()[pieces["i"].to_numpy()]
+    hw = da.df_host_writes()
+    hw_in = pd.DataFrame({"rid": hw["rid"].to_numpy(), "sector": hw["sector"].to_numpy(np.int64),
+                          "nsect": hw["nsect"].to_numpy(np.int64), "q_ns": hw["q_ns"].to_numpy(np.int64),
+                          "durable_ns": hw["durable_ns"].to_numpy(np.int64)})
+    res = {}
+    for name, t in (("opt", t_opt), ("cert", t_cert)):
+        gw = pd.DataFrame({"wid": wid, "h_sector": pieces["h_sector"].to_numpy(),
+                           "nsect": pieces["nsect"].to_numpy(),
+                           "t_from": t[pieces["i"].to_numpy()].astype(np.int64)})
+        res[name] = durability.carried_durable(gw, hw_in).set_index("wid")
+    for name in ("opt", "cert"):
+        r = res[name]
+        w[f"hd_{name}_ns"] = w["rid"].map(r["durable_ns"]).fillna(NEVER).astype(np.int64)
+    w["first_host_q_ns"] = w["rid"].map(res["opt"]["first_q_ns"]).fillna(NEVER).astype(np.int64)
+    w["via_rid"] = w["rid"].map(res["opt"]["via_rid"]).fillna(-1).astype(np.int64)
+    w["first_rid"] = w["rid"].map(res["opt"]["first_rid"]).fillna(-1).astype(np.int64)
+    # the promise: the first guest flush issued after the write completed (guest clock)
+    f = lin[lin["op"] == "flush"]
+    fidx = durability.first_covering_flush(np.nan_to_num(w["g_c"].to_numpy(), nan=np.inf).astype(np.float64)
+                                           .clip(max=np.iinfo(np.int64).max).astype(np.int64),
+                                           f["g_d"].to_numpy(np.int64))
+    w["flush_rid"] = np.where((fidx >= 0) & w["completed"].to_numpy(), f["rid"].to_numpy()[np.maximum(fidx, 0)]
+                              if len(f) else -1, -1)
+    return w.reset_index(drop=True)
+
+
+def guest_flushes(da) -> pd.DataFrame:
+    lin = da.df_lineage()
+    f = lin[lin["op"] == "flush"].copy()
+    hf = da.df_host_flushes()
+    hb = da.df_host_bios()
+    fb = hb[(hb["op"] == "flush") & hb["q_ns"].notna()]
+    a = f["h_handle"].to_numpy(np.float64) - f["h_unc"].fillna(0).to_numpy()
+    b = f["h_ack"].to_numpy(np.float64) + f["h_unc"].fillna(0).to_numpy()
+    dd = np.sort(hf["d_ns"].to_numpy(np.int64))
+    fq = np.sort(fb["q_ns"].to_numpy(np.int64))
+    nan = np.isnan(a) | np.isnan(b)
+    a0, b0 = np.nan_to_num(a).astype(np.int64), np.nan_to_num(b).astype(np.int64)
+    f["host_flushes"] = np.where(nan, -1, np.searchsorted(dd, b0, "right") - np.searchsorted(dd, a0, "left"))
+    f["host_flush_bios"] = np.where(nan, -1, np.searchsorted(fq, b0, "right") - np.searchsorted(fq, a0, "left"))
+    w = da.df_writes()
+    promised = w[w["flush_rid"] >= 0]
+    f["new_writes"] = f["rid"].map(promised.groupby("flush_rid").size()).fillna(0).astype(np.int64)
+    ack = f.set_index("rid")["h_ack"]
+    late = promised[promised["hd_opt_ns"] > promised["flush_rid"].map(ack).fillna(np.inf).to_numpy()
+                    .clip(max=2**62).astype(np.int64)]
+    f["late_writes"] = f["rid"].map(late.groupby("flush_rid").size()).fillna(0).astype(np.int64)
+    return f.reset_index(drop=True)

@@ -1,0 +1,132 @@
+"""``writeorder check``: run every check on every disk of a set and build the verdict document.
+
+``check_set(path)`` returns a :class:`CheckResult`; ``to_json()`` is the CLI contract of DESIGN.md:
+``{"traceset", "summary": {class: count}, "violations": [...], "coverage": {...}, "clocks": {...},
+"inferred_cache": {...}, "cannot_check": [...]}``. Violations are ordered worst first (errors before warnings,
+certain before uncertain, then by time), and numbered in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolkit import cache_mode
+from toolkit.analysis import DiskAnalysis, SetAnalysis
+from toolkit.checks import CLASSES, Violation, durability, ordering
+from toolkit.checks import clocks as clock_checks
+
+DISK_CHECKS = [
+    ("durability", ("guest-block", "qemu", "host-block"), durability.check),
+    ("crash-reorder", ("guest-block", "qemu", "host-block"), ordering.crash_reorder),
+    ("overlapping-inflight", ("guest-block",), ordering.overlapping_inflight),
+    ("clocks", ("guest-block", "qemu"), clock_checks.check),
+]
+
+
+@dataclass
+class CheckResult:
+    sa: SetAnalysis
+    violations: list[Violation] = field(default_factory=list)
+    cannot_check: list[dict] = field(default_factory=list)
+    coverage: dict = field(default_factory=dict)
+    clocks: dict = field(default_factory=dict)
+    inferred_cache: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def violation_count(self) -> int:
+        return len(self.violations)
+
+    def summary(self) -> dict:
+        out = dict.fromkeys(CLASSES, 0)
+        for v in self.violations:
+            out[v.cls] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "traceset": self.sa.ts.name,
+            "summary": self.summary(),
+            "violations": [v.to_json(i) for i, v in enumerate(self.violations)],
+            "coverage": self.coverage, "clocks": self.clocks, "inferred_cache": self.inferred_cache,
+            "cannot_check": self.cannot_check, **self.extra,
+        }
+
+    def to_text(self) -> str:
+        s = self.summary()
+        errors = sum(n for c, n in s.items() if n and c not in ("acked-not-durable-at-end", "overlapping-inflight"))
+        lines = [f"trace set {self.sa.ts.name}: " + ("NOT SAFE" if errors else
+                 ("no durability or ordering violation" + (" (warnings below)" if self.violations else "")))]
+        for c, n in s.items():
+            if n:
+                lines.append(f"  {n:5d}  {c}")
+        for disk, m in self.inferred_cache.items():
+            lines.append(f"  disk {disk}: cache inferred {m['mode']}, declared {m['declared']}")
+        for v in self.violations[:10]:
+            lines.append(f"  - [{v.cls}{', uncertain' if v.uncertain else ''}] {v.sentence}")
+        if len(self.violations) > 10:
+            lines.append(f"  ... {len(self.violations) - 10} more (--json for all)")
+        for c in self.cannot_check:
+            lines.append(f"  cannot check {c['check']} ({c['disk']}): {c['reason']}")
+        return "\n".join(lines)
+
+
+def _order(vs: list[Violation]) -> list[Violation]:
+    return sorted(vs, key=lambda v: (v.severity != "error", v.uncertain, v.start_ns if v.start_ns is not None
+                                     else np.iinfo(np.int64).max, v.cls))
+
+
+def coverage(da: DiskAnalysis) -> dict:
+    """Share of guest writes and flushes linked to QEMU and carried to host I/O, with the unlinked listed."""
+    if not da.guest_traces:
+        return {"guest_writes": None}
+    w = da.df_writes()
+    f = da.df_flushes()
+    lin = da.df_lineage()
+    unl = lin[(lin["qid"] < 0) & lin["op"].isin(["write", "flush"])]
+    carried = int((w["first_rid"] >= 0).sum())
+    return {
+        "guest_writes": int(len(w)), "guest_flushes": int(len(f)),
+        "writes_linked_to_qemu": int((w["qid"] >= 0).sum()), "flushes_linked_to_qemu": int((f["qid"] >= 0).sum()),
+        "writes_mapped": int(w["mapped"].sum()), "writes_carried_to_host": carried,
+        "write_share_carried": round(carried / len(w), 4) if len(w) else None,
+        "unlinked": [{"rid": int(x.rid), "op": x.op, "sector": int(x.sector), "nsect": int(x.nsect),
+                      "reason": x.reason} for x in unl.head(100).itertuples()],
+        "unlinked_count": int(len(unl)),
+        "not_carried": [int(r) for r in w.loc[w["first_rid"] < 0, "rid"].head(100)],
+    }
+
+
+def check_analysis(sa: SetAnalysis) -> CheckResult:
+    res = CheckResult(sa)
+    layers = {t.layer for t in sa.ts.traces}
+    vs: list[Violation] = []
+    for da in sa.disks:
+        for m in da.requires():
+            res.cannot_check.append({"disk": da.name, **m.to_json()})
+        for name, needs, fn in DISK_CHECKS:
+            missing = [x for x in needs if x not in layers]
+            if missing:
+                res.cannot_check.append({"disk": da.name, "check": name,
+                                         "reason": f"no {', '.join(missing)} trace in the set"})
+                continue
+            vs += fn(da)
+        res.coverage[da.name] = coverage(da)
+        res.inferred_cache[da.name] = cache_mode.infer(da)
+        off = da.guest_offset
+        if off is not None:
+            res.clocks[f"{off.clock}->{off.ref}"] = off.summary()
+        if da.rt_offset is not None:
+            res.clocks[f"{da.rt_offset.clock}->{da.rt_offset.ref}"] = da.rt_offset.summary()
+    if not sa.ts.disks:
+        res.cannot_check.append({"disk": None, "check": "all disk checks",
+                                 "reason": "no [[disk]] in traceset.toml: say which guest device maps to which "
+                                           "host device and how"})
+    res.violations = _order(vs)
+    return res
+
+
+def check_set(path, *, use_cache: bool = True, progress=None) -> CheckResult:
+    return check_analysis(SetAnalysis.load(path, use_cache=use_cache, progress=progress))
