@@ -1,0 +1,407 @@
+"""QEMU's ``log`` trace backend: text lines, every prefix style QEMU has written (docs/formats.md section 4.2).
+
+Accepted line shapes (the prefix is optional; the event name is the first token after it)::
+
+    event_name args                                        bare (no -msg timestamp=on): no time, no thread
+    TID@SEC.USEC:event_name args                           4.0 .. 10.0 with -msg timestamp=on
+    2025-09-02T10:11:52[.402113]Z event_name args          10.1+ (ISO-8601 UTC, fraction optional)
+    [ISO ][[guest] ]program(TID:thread): event_name args   proposed upstream (thread info, guest name)
+
+Times are host CLOCK_REALTIME in ns (microsecond resolution); bare logs have null times and
+``meta['timestamps'] = False``. Everything else in the file (warnings, monitor chatter, binary noise, a line cut
+by the end of the file) becomes a REJECTS row with its 1-based line number: nothing is dropped silently.
+
+The reader is vectorised with pyarrow compute over whole chunks (no per-line Python).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from toolkit import fileio
+from toolkit.events import QEMU_EVENTS, REJECTS
+from toolkit.parsers import ParseResult
+
+#: one regex for every prefix style; an event name is snake_case with at least one underscore
+LINE_RE = (
+    r"^(?:(?P<tid>\d+)@(?P<sec>\d+)\.(?P<usec>\d+):"
+    r"|(?:(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?Z )?"
+    r"(?:\[(?P<guest>[^\]]*)\] )?"
+    r"(?:(?P<prog>[^\s():]+)\((?P<ptid>\d+):(?P<tname>[^)]*)\): )?)"
+    r"(?P<event>[a-z][a-z0-9]*_[A-Za-z0-9_]*)(?: (?P<args>.*))?$"
+)
+
+#: argument name in the text -> typed QEMU_EVENTS column
+ARG_COLUMNS: dict[str, str] = {
+    "req": "req", "luringcb": "req", "laiocb": "req", "vdev": "vdev", "blk": "blk", "bs": "bs",
+    "opaque": "opaque", "sector": "sector", "nsectors": "nsectors", "offset": "offset", "bytes": "bytes",
+    "nbytes": "bytes", "size": "bytes", "flags": "flags", "status": "status", "ret": "ret", "type": "type",
+}
+POINTER_COLUMNS = ("req", "vdev", "blk", "bs", "opaque")
+INT_COLUMNS = ("sector", "nsectors", "offset", "bytes", "flags", "status", "ret", "type")
+
+#: events whose state is named in their args: event -> regex with one group ``s``
+STATE_RULES: dict[str, str] = {
+    "runstate_set": r"new_state -?\d+ \((?P<s>[^)]*)\)",
+    "vm_state_notify": r"reason -?\d+ \((?P<s>[^)]*)\)",
+    "migrate_set_state": r"new state (?P<s>\S+)",
+    "migration_block_activation": r"^(?P<s>\S+)",
+    "vmstate_downtime_checkpoint": r"^(?P<s>\S+)",
+    "migrate_global_state_pre_save": r"state: (?P<s>\S+)",
+    "migrate_global_state_post_load": r"state: (?P<s>\S+)",
+}
+
+CHUNK = 32 << 20
+_NAME = re.compile(r"[a-z][a-z0-9]*_[A-Za-z0-9_]*")
+
+
+def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str | os.PathLike | None = None,
+          chunk_size: int = CHUNK, **_: object) -> ParseResult:
+    """Parse QEMU log-backend files into QEMU_EVENTS (file order) and REJECTS.
+
+    ``time_ns`` is host CLOCK_REALTIME ns (null for bare lines); ``pos`` the 1-based line number in its file.
+    meta: ``clock`` ('realtime' or None), ``timestamps`` (any timestamped event), ``styles`` (event counts per
+    prefix style), ``lines``, ``truncated`` (files whose compressed stream or last line was cut), ``notes``.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    ev_parts: list[pd.DataFrame] = []
+    rej_parts: list[pd.DataFrame] = []
+    styles: dict[str, int] = {}
+    lines = 0
+    truncated: list[dict] = []
+    notes: list[str] = []
+    for path in paths:
+        name = fileio.display_name(path, base)
+        st = fileio.Stream(path, chunk_size)
+        carry = b""
+        line0 = 0  # lines before the current chunk
+        for chunk in st:
+            data = carry + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1:]
+            ev, rej, n, sty = _parse_block(data[:cut + 1], name, line0)
+            line0 += n
+            ev_parts.append(ev)
+            rej_parts.append(rej)
+            for k, v in sty.items():
+                styles[k] = styles.get(k, 0) + v
+        if carry:
+            line0 += 1
+            text = carry.decode("utf-8", errors="replace")
+            rej_parts.append(_rejects(name, np.array([line0]), np.array([len(carry)]), ["truncated line"], [text]))
+            truncated.append({"file": name, "line": line0, "reason": "last line has no newline"})
+        if st.truncated:
+            truncated.append({"file": name, "line": line0, "reason": "compressed stream ends early"})
+            notes.append(f"{name}: compressed stream ends early after line {line0}")
+        lines += line0
+    events = pd.concat(ev_parts, ignore_index=True) if ev_parts else QEMU_EVENTS.empty()
+    if ev_parts:
+        events["event"] = events["event"].astype("category")
+        events["file"] = events["file"].astype("category")
+    rejects = pd.concat(rej_parts, ignore_index=True) if rej_parts else REJECTS.empty()
+    timestamps = bool(events["time_ns"].notna().any()) if len(events) else False
+    if len(events) and not timestamps:
+        notes.append("QEMU log has no timestamps (run without -msg timestamp=on): events are in file order, "
+                     "time_ns and tid are null")
+    elif len(events) and events["time_ns"].isna().any():
+        notes.append(f"{int(events['time_ns'].isna().sum())} event lines without a timestamp among timestamped ones")
+    if len(rejects):
+        notes.append(f"{len(rejects)} lines are not trace events (see rejects)")
+    meta = {
+        "format": "qemu-log", "clock": "realtime" if timestamps else None, "timestamps": timestamps,
+        "styles": styles, "lines": lines, "truncated": truncated, "notes": notes,
+    }
+    return ParseResult(events=events, rejects=rejects, meta=meta)
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.DataFrame, int, dict[str, int]]:
+    """Parse complete lines (``data`` ends with a newline). Returns events, rejects, line count, style counts.
+
+    Fast path in numpy over the bytes for the two common shapes (``TID@SEC.USEC:event`` and bare ``event``);
+    the other prefix styles and non-event lines go through one regex (``LINE_RE``).
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.max(initial=0) >= 0x80:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:  # binary noise: replace invalid bytes so that Arrow strings stay valid UTF-8
+            data = data.decode("utf-8", errors="replace").encode("utf-8")
+            buf = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    n = len(nl)
+    s = np.empty(n, dtype=np.int64)
+    s[0] = 0
+    s[1:] = nl[:-1] + 1
+    e = nl.astype(np.int64)
+    lineno = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
+
+    sp = _first_at_or_after(buf == 32, s, e)
+    co = _first_at_or_after(buf == 58, s, sp)
+    at = _first_at_or_after(buf == 64, s, co)
+    dot = _first_at_or_after(buf == 46, at, co)
+    legacy = (co < sp) & (at > s) & (dot > at + 1) & (co > dot + 1)
+    ev_s = np.where(legacy, co + 1, s)
+    # event names: check the few distinct names, not the lines
+    names = pc.dictionary_encode(_gather(buf, ev_s, sp))
+    good = np.array([bool(_NAME.fullmatch(x)) for x in names.dictionary.to_pylist()], dtype=bool)
+    fast = good[names.indices.to_numpy(zero_copy_only=False)] if len(good) else np.zeros(n, bool)
+    li = np.flatnonzero(legacy & fast)
+    if len(li):
+        parts = [_gather(buf, s[li], at[li]), _gather(buf, at[li] + 1, dot[li]), _gather(buf, dot[li] + 1, co[li])]
+        dig = np.logical_and.reduce([pc.utf8_is_digit(x).to_numpy(zero_copy_only=False) for x in parts])
+        fast[li[~dig]] = False
+        li, parts = li[dig], [x.filter(pa.array(dig)) for x in parts]
+    fi = np.flatnonzero(fast)
+    ev_name = names.take(pa.array(fi))
+    args = _gather(buf, np.minimum(sp[fi] + 1, e[fi]), e[fi])
+    lf = legacy[fi] & fast[fi]
+    tmask = ~lf
+    tid = np.zeros(len(fi), dtype=np.int64)
+    t = np.zeros(len(fi), dtype=np.int64)
+    if len(li):
+        tid[lf] = pc.cast(parts[0], pa.int64()).to_numpy()
+        frac_ns = pc.cast(pc.utf8_slice_codeunits(pc.utf8_rpad(parts[2], 9, "0"), 0, 9), pa.int64()).to_numpy()
+        t[lf] = pc.cast(parts[1], pa.int64()).to_numpy() * 1_000_000_000 + frac_ns
+    core = {
+        "pos": lineno[fi], "time_ns": pd.arrays.IntegerArray(t, tmask.copy()),
+        "tid": pd.arrays.IntegerArray(tid, tmask.copy()), "event": ev_name, "args": args,
+    }
+    styles = {"tid@sec.usec": int(len(li)), "bare": int(len(fi) - len(li))}
+
+    # slow path: other prefix styles, and lines that are no trace events
+    si = np.flatnonzero(~fast)
+    rej = REJECTS.empty()
+    if len(si):
+        lines = _gather(buf, s[si], e[si])
+        slow, rej, sty = _parse_slow(lines, lineno[si], file)
+        for key, v in sty.items():
+            styles[key] = styles.get(key, 0) + v
+        if len(slow["pos"]):
+            order = np.argsort(np.concatenate([core["pos"], slow["pos"]]), kind="stable")
+            core = {
+                "pos": np.concatenate([core["pos"], slow["pos"]])[order],
+                "time_ns": pd.array(np.concatenate([core["time_ns"], slow["time_ns"]]), dtype="Int64")[order],
+                "tid": pd.array(np.concatenate([core["tid"], slow["tid"]]), dtype="Int64")[order],
+                "event": pa.concat_arrays([pc.cast(core["event"], pa.string()), slow["event"]]).take(
+                    pa.array(order)),
+                "args": pa.concat_arrays([core["args"], slow["args"]]).take(pa.array(order)),
+            }
+    styles = {k: v for k, v in styles.items() if v}
+    return _build_events(core, file), rej, n, styles
+
+
+def _first_at_or_after(hit: np.ndarray, start: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Per line, the first position >= start where ``hit`` is true, or ``limit`` when there is none before it."""
+    pos = np.flatnonzero(hit)
+    if not len(pos):
+        return limit.copy()
+    i = np.searchsorted(pos, start)
+    cand = pos[np.minimum(i, len(pos) - 1)]
+    ok = (i < len(pos)) & (cand < limit)
+    return np.where(ok, cand, limit)
+
+
+def _gather(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> pa.StringArray:
+    """An Arrow string array of the byte ranges buf[a_i:b_i] (disjoint, increasing), copied contiguously."""
+    n = len(a)
+    if n == 0:
+        return pa.array([], pa.string())
+    bnd = np.empty(2 * n, dtype=np.int64)
+    bnd[0::2] = a
+    bnd[1::2] = b
+    whole = pa.LargeStringArray.from_buffers(2 * n - 1, pa.py_buffer(bnd), pa.py_buffer(buf))
+    return pc.cast(whole.take(pa.array(np.arange(0, 2 * n, 2))), pa.string())
+
+
+def _gather_int(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Decimal integers written at buf[a_i:b_i] (digits only, validated by the caller)."""
+    return pc.cast(_gather(buf, a, b), pa.int64()).to_numpy()
+
+
+def _parse_slow(lines: pa.Array, lineno: np.ndarray, file: str) -> tuple[dict, pd.DataFrame, dict[str, int]]:
+    """The full line regex for what the fast path did not take: ISO / program prefixes and rejects."""
+    m = pc.extract_regex(lines, LINE_RE)
+    ok = m.is_valid().to_numpy(zero_copy_only=False)
+    rej_idx = np.flatnonzero(~ok)
+    if len(rej_idx):
+        rl = lines.take(pa.array(rej_idx))
+        rtext = rl.to_pylist()
+        reasons = ["empty line" if t == "" else ("binary data" if ("\x00" in t or "\ufffd" in t)
+                                                 else "not a trace event") for t in rtext]
+        lengths = np.asarray(pc.binary_length(rl).to_numpy(zero_copy_only=False))
+        rej = _rejects(file, lineno[rej_idx], lengths, reasons,
+                       [repr(t)[1:-1] if r == "binary data" else t for t, r in zip(rtext, reasons, strict=True)])
+    else:
+        rej = REJECTS.empty()
+    keep = np.flatnonzero(ok)
+    f = m.take(pa.array(keep)).flatten()
+    g = dict(zip([fld.name for fld in m.type], f, strict=True))
+    tid = pc.if_else(pc.not_equal(g["tid"], ""), g["tid"], g["ptid"])
+    tid_v = pc.cast(pc.if_else(pc.equal(tid, ""), pa.scalar(None, pa.string()), tid), pa.int64())
+    legacy = pc.not_equal(g["sec"], "")
+    iso = pc.not_equal(g["iso"], "")
+    frac = pc.if_else(legacy, g["usec"], g["frac"])
+    frac_ns = pc.cast(pc.utf8_slice_codeunits(pc.utf8_rpad(frac, 9, "0"), 0, 9), pa.int64())
+    sec_legacy = pc.cast(pc.if_else(legacy, g["sec"], "0"), pa.int64())
+    iso_s = pc.strptime(pc.if_else(iso, g["iso"], "1970-01-01T00:00:00"), format="%Y-%m-%dT%H:%M:%S", unit="s")
+    secs = pc.if_else(legacy, sec_legacy, pc.cast(iso_s, pa.int64()))
+    t = pc.add(pc.multiply(secs, 1_000_000_000), frac_ns)
+    t = pc.if_else(pc.or_(legacy, iso), t, pa.scalar(None, pa.int64()))
+    args = pc.fill_null(g["args"], "")
+    core = {"pos": lineno[keep], "time_ns": _int64_array(t), "tid": _int64_array(tid_v),
+            "event": pc.cast(g["event"], pa.string()), "args": pc.cast(args, pa.string())}
+    styles: dict[str, int] = {}
+    if len(keep):
+        prog = pc.not_equal(g["prog"], "")
+        nleg = int(pc.sum(legacy).as_py() or 0)
+        niso = int(pc.sum(pc.and_(iso, pc.invert(prog))).as_py() or 0)
+        nprog = int(pc.sum(prog).as_py() or 0)
+        styles = {"tid@sec.usec": nleg, "iso8601": niso, "program(tid:thread)": nprog,
+                  "bare": len(keep) - nleg - niso - nprog}
+    return core, rej, styles
+
+
+def _build_events(core: dict, file: str) -> pd.DataFrame:
+    """QEMU_EVENTS columns from the core fields (pos, time_ns, tid, event, args as Arrow strings)."""
+    k = len(core["pos"])
+    ev = core["event"]
+    ev = ev if pa.types.is_dictionary(ev.type) else pc.dictionary_encode(ev)
+    args = core["args"]
+    cols: dict[str, object] = {
+        "time_ns": core["time_ns"], "tid": core["tid"], "event": ev.to_pandas(),
+        "args": pd.arrays.ArrowStringArray(pc.cast(args, pa.large_string())) if k else pd.array([], "string"),
+    }
+    typed = _typed_args(args, k)
+    for c in POINTER_COLUMNS:
+        cols[c] = typed.get(c) or pd.arrays.IntegerArray(np.zeros(k, np.uint64), np.ones(k, bool))
+    for c in INT_COLUMNS:
+        cols[c] = typed.get(c) or pd.arrays.IntegerArray(np.zeros(k, np.int64), np.ones(k, bool))
+    cols["state"] = _states(ev, args, k)
+    cols["file"] = pd.Categorical.from_codes(np.zeros(k, dtype=np.int8), categories=[file])
+    cols["pos"] = core["pos"]
+    return pd.DataFrame(cols)
+
+
+def _typed_args(args: pa.Array, k: int) -> dict[str, pd.api.extensions.ExtensionArray]:
+    """Typed columns from ``key value`` pairs of the argument text (first occurrence of each key per line)."""
+    out: dict[str, pd.api.extensions.ExtensionArray] = {}
+    if k == 0:
+        return out
+    toks = pc.split_pattern(args, " ")
+    flat = pc.list_flatten(toks)
+    parent = pc.list_parent_indices(toks).to_numpy(zero_copy_only=False)
+    keys = pa.array(list(ARG_COLUMNS), pa.string())
+    is_key = pc.is_in(flat, value_set=keys).to_numpy(zero_copy_only=False)
+    kpos = np.flatnonzero(is_key[:-1]) if len(flat) else np.array([], dtype=np.int64)
+    # the value must be the next token of the same line
+    kpos = kpos[parent[kpos] == parent[kpos + 1]]
+    if not len(kpos):
+        return out
+    kname = pc.index_in(flat.take(pa.array(kpos)), value_set=keys).to_numpy(zero_copy_only=False)
+    rows = parent[kpos]
+    v_all, valid_all = parse_ints(flat.take(pa.array(kpos + 1)), unsigned=True)
+    cols = list(dict.fromkeys(ARG_COLUMNS.values()))
+    colidx = np.array([cols.index(c) for c in ARG_COLUMNS.values()])[kname]
+    for ci, col in enumerate(cols):
+        sel = np.flatnonzero(colidx == ci)
+        if not len(sel):
+            continue
+        r = rows[sel]
+        firstocc = np.ones(len(r), dtype=bool)
+        firstocc[1:] = r[1:] != r[:-1]  # rows are ascending: keep each line's first occurrence
+        sel, r = sel[firstocc], r[firstocc]
+        data = np.zeros(k, dtype=np.uint64)
+        mask = np.ones(k, dtype=bool)
+        data[r] = v_all[sel]
+        mask[r] = ~valid_all[sel]
+        out[col] = pd.arrays.IntegerArray(data if col in POINTER_COLUMNS else data.view(np.int64), mask)
+    return out
+
+
+_LUT = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _LUT[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _LUT[_c] = 10 + _i
+
+
+def parse_ints(a: pa.Array, *, unsigned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Integers from strings: ``0x`` hex, decimal (signed), ``(nil)`` = 0. Returns (values, valid mask).
+
+    Vectorised: hex digits are decoded from the Arrow data buffer with a lookup table.
+    """
+    a = pc.cast(a, pa.string())
+    n = len(a)
+    out = np.zeros(n, dtype=np.uint64 if unsigned else np.int64)
+    nil = pc.equal(a, "(nil)").to_numpy(zero_copy_only=False)
+    is_hex = pc.starts_with(a, "0x").to_numpy(zero_copy_only=False)
+    is_dec = pc.utf8_is_digit(pc.utf8_ltrim(a, "-")).to_numpy(zero_copy_only=False)
+    if a.null_count:
+        nil, is_hex, is_dec = (np.asarray(pd.array(x, dtype="boolean").fillna(False), dtype=bool)
+                               for x in (nil, is_hex, is_dec))
+    is_dec &= ~is_hex
+    if is_dec.any():
+        d = np.flatnonzero(is_dec)
+        dv = pc.cast(a.take(pa.array(d)), pa.int64()).to_numpy(zero_copy_only=False)
+        out[d] = dv.astype(out.dtype)
+    if is_hex.any():
+        h = np.flatnonzero(is_hex)
+        hs = pc.utf8_slice_codeunits(a.take(pa.array(h)), 2)
+        okl = pc.less_equal(pc.utf8_length(hs), 16).to_numpy(zero_copy_only=False)
+        hx = pc.utf8_lpad(pc.utf8_slice_codeunits(hs, 0, 16), 16, "0")
+        hx = pc.cast(hx, pa.large_string())
+        bufs = hx.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int64)[hx.offset:hx.offset + len(hx) + 1]
+        raw = np.frombuffer(bufs[2], dtype=np.uint8)[offs[0]:offs[-1]].reshape(-1, 16)
+        nib = _LUT[raw]
+        is_hex[h] = okl & (nib != 255).all(axis=1)
+        byts = (nib[:, 0::2] << 4) | nib[:, 1::2]
+        hv = np.ascontiguousarray(byts).view(">u8").ravel().astype(np.uint64)
+        out[h] = hv if unsigned else hv.view(np.int64)
+    return out, (is_hex | is_dec | nil)
+
+
+def _states(ev: pa.DictionaryArray, args: pa.Array, k: int) -> pd.arrays.StringArray:
+    """The ``state`` column: the state named by run-state, migration and activation events."""
+    state = np.full(k, None, dtype=object)
+    if k == 0:
+        return pd.array(state, dtype="string")
+    names = ev.dictionary.to_pylist()
+    idx = ev.indices.to_numpy(zero_copy_only=False)
+    for code, name in enumerate(names):
+        rule = STATE_RULES.get(name)
+        if rule is None:
+            continue
+        rows = np.flatnonzero(idx == code)
+        ex = pc.extract_regex(args.take(pa.array(rows)), rule)
+        s = pc.struct_field(ex, [0]).to_pylist()
+        state[rows] = s
+    return pd.array(state, dtype="string")
+
+
+def _int64_array(a: pa.Array) -> pd.arrays.IntegerArray:
+    """A nullable pandas Int64 array from an Arrow int64 array."""
+    a = pc.cast(a, pa.int64())
+    mask = a.is_null().to_numpy(zero_copy_only=False)
+    data = pc.fill_null(a, 0).to_numpy(zero_copy_only=False)
+    return pd.arrays.IntegerArray(np.asarray(data, dtype=np.int64), np.asarray(mask, dtype=bool))
+
+
+def _rejects(file: str, pos: np.ndarray, length: np.ndarray, reason: list[str], text: list[str]) -> pd.DataFrame:
+    text = [t if len(t) <= 200 else t[:197] + "..." for t in text]
+    return REJECTS.conform(pd.DataFrame({
+        "file": [file] * len(pos), "pos": np.asarray(pos, dtype=np.int64),
+        "length": np.asarray(length, dtype=np.int64), "reason": reason, "text": text,
+    }))
