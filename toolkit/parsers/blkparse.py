@@ -546,6 +546,11 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     n = len(c["line"])
     du, dcodes = np.unique(c["dev"], return_inverse=True)
     rcodes, rlabels = c["rwbs"]
+    used, rcodes = np.unique(rcodes, return_inverse=True)  # only the labels in use, in sorted order
+    rlabels = [rlabels[i] for i in used]
+    srt = np.argsort(np.array(rlabels, dtype=object))
+    rcodes = np.argsort(srt)[rcodes]
+    rlabels = [rlabels[i] for i in srt]
     act = c["act"]
     au, acodes = np.unique(act, return_inverse=True)
     alabels = [ACTIONS[i] for i in au]
