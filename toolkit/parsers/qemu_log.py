@@ -59,6 +59,7 @@ STATE_RULES: dict[str, str] = {
 }
 
 CHUNK = 32 << 20
+READ_SIZE = 64 << 10
 _NAME = re.compile(r"[a-z][a-z0-9]*_[A-Za-z0-9_]*")
 
 
@@ -80,10 +81,11 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
     notes: list[str] = []
     for path in paths:
         name = fileio.display_name(path, base)
-        st = fileio.Stream(path, chunk_size)
+        # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
+        st = fileio.Stream(path, min(chunk_size, READ_SIZE))
         carry = b""
-        line0 = 0  # lines before the current chunk
-        for chunk in st:
+        line0 = 0  # lines before the current block
+        for chunk in _blocks(st, chunk_size):
             data = carry + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -123,6 +125,20 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
         "styles": styles, "lines": lines, "truncated": truncated, "notes": notes,
     }
     return ParseResult(events=events, rejects=rejects, meta=meta)
+
+
+def _blocks(st: fileio.Stream, size: int):
+    """Join the stream's small reads into blocks of about ``size`` bytes."""
+    buf: list[bytes] = []
+    n = 0
+    for b in st:
+        buf.append(b)
+        n += len(b)
+        if n >= size:
+            yield b"".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 # --------------------------------------------------------------------------------------------------------------
