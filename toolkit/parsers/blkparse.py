@@ -474,7 +474,7 @@ def _looks_binary(head: bytes) -> bool:
     return b"\0" in head[:4096]
 
 
-def parse(paths: list[str] | str, chunk_bytes: int = 32 << 20, fast: bool = True) -> ParseResult:
+def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True) -> ParseResult:
     """Read blkparse default-format text files into a BLOCK_EVENTS table (in file order, then line order).
 
     ``fast=False`` sends every line through the pyparsing grammar (the reference; slow). ``chunk_bytes`` is the

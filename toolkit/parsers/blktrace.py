@@ -395,14 +395,24 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
             "wallclock": None, "lost_events": {}}
 
     def cat(name: str) -> np.ndarray:
-        return np.concatenate([c.cols[name] for _, c in all_chunks if len(c.cols.get("time", ()))])
+        """One column of all chunks, released from the chunks as it is joined (to keep the peak low)."""
+        parts = [c.cols.pop(name) for _, c in all_chunks if name in c.cols]
+        out = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        del parts
+        return out
 
     fileidx = np.repeat(np.array([fi for fi, _ in all_chunks], dtype=np.int32), sizes)
-    time = cat("time").astype(np.int64)
+    time = cat("time").view(np.int64)
     device = cat("device")
     seq = cat("sequence")
-    order = np.lexsort((seq, device, time))
-    del time
+    order = _time_order(time, device, seq)
+    identity = order is None
+
+    def g(x: np.ndarray) -> np.ndarray:
+        return x if identity else x[order]
+
+    if identity:
+        order = np.arange(n, dtype=np.int64)
     # sparse pdu values -> global row numbers (before sorting)
     def sparse(attr: str) -> list[tuple]:
         out = []
@@ -412,21 +422,24 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
                 out.append((v[0] + s, *v[1:]))
         return out
 
-    inv = np.empty(n, dtype=np.int64)
-    inv[order] = np.arange(n, dtype=np.int64)
+    if identity:
+        inv = order
+    else:
+        inv = np.empty(n, dtype=np.int64)
+        inv[order] = np.arange(n, dtype=np.int64)
 
-    action = cat("action")[order].astype(np.int64)
+    action = g(cat("action")).astype(np.int64)
     cat_bits = (action >> 16).astype(np.int32)
     code = (action & 0xFFFF & ~CGROUP_FLAG).astype(np.int32)
     del action
     notify = (cat_bits & _NOTIFY) != 0
     # action labels: notify records by type, others by action code
     acode = np.where(notify, 100 + code, code)
-    uniq_a, a_codes = np.unique(acode, return_inverse=True)
+    uniq_a, a_codes = _small_unique(acode)
     a_labels = [NOTIFY_ACTIONS.get(int(u) - 100, f"notify_{int(u) - 100}") if u >= 100
                 else ACTION_LETTERS.get(int(u), f"action_{int(u)}") for u in uniq_a]
-    nbytes = cat("bytes")[order].astype(np.int64)
-    device = device[order]
+    nbytes = g(cat("bytes")).astype(np.int64)
+    device = g(device)
     # remap: the line's device is device_to, as blkparse prints it
     remap_dev_codes = np.full(n, -1, dtype=np.int32)
     remap_sector = None
@@ -442,11 +455,11 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
         remap_names = list(_dev_str(uf))
         remap_dev_codes[ridx] = fcodes
         remap_sector = _nullable_int(n, ridx, sfrom)
-    uniq_d, d_codes = np.unique(device, return_inverse=True)
+    d_codes, uniq_d = pd.factorize(device, sort=True)
     del device
     # rwbs and op from the distinct (category, bytes != 0, action) combinations
     key = cat_bits.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (a_codes.astype(np.int64) << 17)
-    uk, k_codes = np.unique(key, return_inverse=True)
+    uk, k_codes = _small_unique(key)
     uk_cat = uk & 0xFFFF
     uk_b = (uk >> 16) & 1
     uk_act = np.array(a_labels, dtype=object)[uk >> 17]
@@ -456,7 +469,7 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
     o_labels, o_of_k = np.unique(op_u.astype(str), return_inverse=True)
     del key
 
-    pid = cat("pid")[order].astype(np.int64)
+    pid = g(cat("pid")).astype(np.int64)
     # comm: the newest notify_process name of the same pid at or before each row
     comm_codes = np.full(n, -1, dtype=np.int32)
     msg_codes = np.full(n, -1, dtype=np.int32)
@@ -488,9 +501,7 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
         msg_names += labels
         msg_codes[sidx] = base + np.arange(len(labels))
         first = int(np.argmin(sidx))
-        t_all = cat("time")
-        wallclock = (int(t_all[order[sidx[first]]]), int(secs[first]) * 1_000_000_000 + int(nss[first]))
-        del t_all
+        wallclock = (int(time[order[sidx[first]]]), int(secs[first]) * 1_000_000_000 + int(nss[first]))
     ms = sparse("messages")
     if ms:
         midx = inv[np.concatenate([x[0] for x in ms])]
@@ -515,17 +526,17 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
         return empty_int.copy()
 
     cols = {
-        "time_ns": cat("time")[order].astype(np.int64),
+        "time_ns": g(time),
         "device": _categorical(d_codes, _dev_str(uniq_d)),
-        "cpu": cat("cpu")[order].astype(np.int32),
-        "seq": cat("sequence")[order].astype(np.int64),
+        "cpu": g(cat("cpu")).astype(np.int32),
+        "seq": g(seq).astype(np.int64),
         "pid": pid,
         "action": _categorical(a_codes, a_labels),
         "rwbs": _categorical(r_of_k[k_codes], r_labels),
-        "sector": cat("sector")[order].astype(np.int64),
+        "sector": g(cat("sector")).view(np.int64),
         "nsect": nbytes >> 9,
         "bytes": nbytes,
-        "error": errno_signed(cat("error")[order]),
+        "error": _ERRNO[g(cat("error"))],
         "comm": _string_column(comm_codes, comm_names),
         "category": cat_bits,
         "op": _categorical(o_of_k[k_codes], o_labels),
@@ -538,12 +549,47 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
         "split_sector": split if split is not None else nul(),
         "unplug_depth": unplug if unplug is not None else nul(),
         "message": _string_column(msg_codes, msg_names),
-        "file": _categorical(fileidx[order], paths),
-        "pos": cat("pos")[order].astype(np.int64),
+        "file": _categorical(g(fileidx), paths),
+        "pos": g(cat("pos")),
     }
     df = pd.DataFrame(cols, copy=False)
     meta = {"wallclock": wallclock, "lost_events": _lost_events(df, notify)}
     return df, meta
+
+
+_ERRNO = errno_signed(np.arange(1 << 16))
+
+
+def _small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) for small non-negative integers, in O(n) with a lookup table."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    present = np.bincount(x)
+    uniq = np.flatnonzero(present)
+    lut = np.zeros(len(present), dtype=np.int32)
+    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
+    return uniq, lut[x]
+
+
+def _time_order(time: np.ndarray, device: np.ndarray, seq: np.ndarray) -> np.ndarray | None:
+    """Stable order by (time, device, sequence), or None when the rows already are in that order.
+
+    A stable sort of the times (fast on per-CPU files, which are sorted runs), then equal times reordered by
+    device and sequence.
+    """
+    d = np.diff(time)
+    if (d > 0).all():
+        return None
+    order = np.argsort(time, kind="stable")
+    ts = time[order]
+    tie = np.flatnonzero(ts[1:] == ts[:-1])
+    if len(tie):
+        rows = np.unique(np.concatenate([tie, tie + 1]))
+        sub = order[rows]
+        order[rows] = sub[np.lexsort((seq[sub], device[sub], time[sub]))]
+    if (order == np.arange(len(order))).all():
+        return None
+    return order
 
 
 def _lost_events(df: pd.DataFrame, notify: np.ndarray) -> dict:

@@ -1,0 +1,167 @@
+"""Benchmark: writeorder's blktrace binary and blkparse text readers beside Debian's blkparse.
+
+A real capture (traces/raw-none-threads, host or guest per-CPU files) is scaled by time-shifted copies of its
+records, keeping their shapes and pdus, to ``--records`` binary records and ``--lines`` text lines (the text is
+what Debian's ``blkparse`` prints for a scaled binary when it is installed, else formatted from our own table).
+Each reader runs in a fresh subprocess; peak memory is that process's ru_maxrss.
+
+    python benchmarks/bench_blktrace.py                      # 10 M records, 5 M lines
+    python benchmarks/bench_blktrace.py --records 1e6 --lines 5e5 --source guest
+
+Targets: binary ingest >= 10x blkparse's rate, text >= 1.5 M lines/s, peak memory <= 2x the table size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from toolkit.parsers import blktrace  # noqa: E402
+
+SOURCES = {"host": "traces/raw-none-threads/host.blktrace.{}.xz",
+           "guest": "traces/raw-none-threads/guest/guest.blktrace.{}.xz"}
+
+
+def scale(source: str, n_records: int, out_dir: Path, name: str) -> int:
+    """Write ``name.blktrace.<cpu>`` files with about ``n_records`` records in all; returns the exact count."""
+    srcs = []
+    for cpu in range(2):
+        p = ROOT / SOURCES[source].format(cpu)
+        data = lzma.decompress(p.read_bytes())
+        if data:
+            srcs.append((cpu, data))
+    datas = [d for _, d in srcs]
+    offs = [blktrace._walk(d, "<", final=True)[0] for d in datas]
+    total = sum(len(o) for o in offs)
+    copies = max(1, round(n_records / total))
+    times = [np.ndarray((len(d) - 7,), "<u8", buffer=d, strides=(1,))[o + 8] for d, o in zip(datas, offs,
+                                                                                               strict=True)]
+    t0 = min(int(t.min()) for t in times)
+    span = max(int(t.max()) for t in times) - t0 + 1_000
+    count = 0
+    for (cpu, data), o, _ in zip(srcs, offs, times, strict=True):
+        buf = np.tile(np.frombuffer(data, np.uint8), copies)
+        pos = (o[None, :] + 8 + np.arange(copies)[:, None] * len(data)).ravel()
+        shift = np.repeat(np.arange(copies, dtype=np.uint64) * np.uint64(span), len(o))
+        view = np.ndarray((len(buf) - 7,), "<u8", buffer=buf, strides=(1,))
+        view[pos] = view[pos] + shift
+        (out_dir / f"{name}.blktrace.{cpu}").write_bytes(buf.tobytes())
+        count += len(o) * copies
+    return count
+
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from toolkit.parsers import {mod}
+paths = {paths!r}
+t = time.perf_counter()
+r = {mod}.parse(paths)
+dt = time.perf_counter() - t
+print(json.dumps({{"seconds": dt, "events": len(r.events), "rejects": len(r.rejects),
+                  "table_bytes": int(r.events.memory_usage(deep=True).sum()),
+                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+WRAP = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rc": p.returncode,
+                  "maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+"""
+
+
+def run_reader(mod: str, paths: list[str]) -> dict:
+    code = CHILD.format(root=str(ROOT), mod=mod, paths=paths)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_blkparse(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", WRAP, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_text(source: str, n_lines: int, tmp: Path) -> tuple[Path, str]:
+    """A blkparse text file of about ``n_lines`` event lines; returns (path, how it was made)."""
+    n = scale(source, n_lines, tmp, "txt")
+    out = tmp / "txt.blkparse.txt"
+    if shutil.which("blkparse"):
+        with open(out, "wb") as f:
+            subprocess.run(["blkparse", "-i", "txt", "-D", str(tmp)], stdout=f, check=True, cwd=tmp)
+        how = "Debian blkparse"
+    else:  # format our own table the way blkparse prints it
+        df = blktrace.parse(sorted(str(p) for p in tmp.glob("txt.blktrace.*"))).events
+        t = df["time_ns"] - df["time_ns"].min()
+        lines = [f"{d:>3s}{'':<0} {c:2d} {s:8d} {tt // 10**9:5d}.{tt % 10**9:09d} {p:5d} {a:>2s} {r:>3s} "
+                 f"{sec} + {ns} [{cm if isinstance(cm, str) else '(null)'}]"
+                 for d, c, s, tt, p, a, r, sec, ns, cm in zip(df["device"].astype(str), df["cpu"], df["seq"], t,
+                                                            df["pid"], df["action"].astype(str),
+                                                            df["rwbs"].astype(str), df["sector"], df["nsect"],
+                                                            df["comm"], strict=True)]
+        out.write_text("\n".join(lines) + "\n")
+        how = f"formatted ({n} records)"
+    for p in tmp.glob("txt.blktrace.*"):
+        p.unlink()
+    return out, how
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=float, default=10e6, help="binary records (default 10 M)")
+    ap.add_argument("--lines", type=float, default=5e6, help="text lines (default 5 M)")
+    ap.add_argument("--source", choices=sorted(SOURCES), default="host")
+    ap.add_argument("--tmp", default=None, help="directory for the scaled files (default: a temp dir)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=a.tmp) as d:
+        tmp = Path(d)
+        t = time.perf_counter()
+        n = scale(a.source, int(a.records), tmp, "big")
+        paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
+        size = sum(os.path.getsize(p) for p in paths)
+        print(f"scaled {a.source} capture: {n:,} records, {size / 1e6:.0f} MB in {len(paths)} files "
+              f"({time.perf_counter() - t:.1f} s)")
+        txt, how = make_text(a.source, int(a.lines), tmp)
+        nlines = txt.read_bytes().count(b"\n")
+        print(f"text: {nlines:,} lines, {txt.stat().st_size / 1e6:.0f} MB ({how})")
+        rows = []
+        b = run_reader("blktrace", paths)
+        rows.append(("writeorder binary", b["events"], b["seconds"], b["maxrss"], b["table_bytes"]))
+        x = run_reader("blkparse", [str(txt)])
+        rows.append(("writeorder text", nlines, x["seconds"], x["maxrss"], x["table_bytes"]))
+        bp = None
+        if shutil.which("blkparse"):
+            bp = run_blkparse(["blkparse", "-i", "big", "-D", str(tmp), "-o", "/dev/null"])
+            rows.append(("blkparse -o /dev/null", n, bp["seconds"], bp["maxrss"], 0))
+        print(f"\n{'reader':24s} {'items':>12s} {'seconds':>8s} {'items/s':>12s} {'peak RSS':>10s} "
+              f"{'table':>10s} {'RSS/table':>9s}")
+        for name, cnt, sec, rss, tb in rows:
+            ratio = f"{rss / tb:9.2f}" if tb else f"{'':9s}"
+            tbs = f"{tb / 1e6:8.0f}MB" if tb else f"{'':10s}"
+            print(f"{name:24s} {cnt:12,d} {sec:8.2f} {cnt / sec:12,.0f} {rss / 1e6:8.0f}MB {tbs} {ratio}")
+        print()
+        brate = b["events"] / b["seconds"]
+        if bp:
+            print(f"binary vs blkparse: {brate / (n / bp['seconds']):.1f}x (target >= 10x)")
+        print(f"text: {nlines / x['seconds'] / 1e6:.2f} M lines/s (target >= 1.5)")
+        print(f"binary peak RSS / table: {b['maxrss'] / b['table_bytes']:.2f} (target <= 2)")
+        print(f"text peak RSS / table: {x['maxrss'] / x['table_bytes']:.2f} (target <= 2)")
+
+
+if __name__ == "__main__":
+    main()
