@@ -531,7 +531,7 @@ def _devstr(keys: np.ndarray) -> list[str]:
 
 
 def _string_series(arr: pa.ChunkedArray | pa.Array) -> pd.arrays.ArrowStringArray:
-    arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
     return pd.array(arr, dtype="string")
@@ -569,7 +569,7 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     rm_codes = np.full(n, -1, dtype=np.int64)
     rm_codes[has_rm] = rmc
     rm_arr = pa.DictionaryArray.from_arrays(pa.array(rm_codes, mask=~has_rm),
-                                            pa.array(_devstr(rmu), pa.string())).dictionary_decode()
+                                            pa.array(_devstr(rmu), pa.large_string())).dictionary_decode()
 
     def nint(v: tuple) -> pd.arrays.IntegerArray:
         return pd.arrays.IntegerArray(np.where(v[1], v[0], 0).astype(np.int64), ~v[1])

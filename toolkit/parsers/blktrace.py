@@ -327,9 +327,9 @@ def _string_column(codes: np.ndarray, names: list[str]) -> pd.arrays.ArrowString
     """A nullable string column from integer codes into ``names`` (-1 = null), built in Arrow."""
     codes = np.asarray(codes, dtype=np.int32)
     if not names:
-        arr = pa.nulls(len(codes), pa.string())
+        arr = pa.nulls(len(codes), pa.large_string())  # pandas keeps string columns as large_string
     else:
-        d = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(names, pa.string()))
+        d = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(names, pa.large_string()))
         arr = d.dictionary_decode()
     return pd.array(arr, dtype="string")
 
