@@ -166,14 +166,13 @@ class DiskAnalysis:
 
     def qemu_to_ref(self, t: pd.Series, trace: Trace) -> np.ndarray:
         """QEMU times to the reference clock (log: realtime -> monotonic; simple: already monotonic)."""
-        v = t.astype("Float64").to_numpy(np.float64, na_value=np.nan)
+        v = pd.array(t, dtype="Int64")
         meta = self.sa.results[trace.index].meta
         if meta.get("clock") == "realtime":
             if self.rt_offset is None:
                 return np.full(len(v), np.nan)
-            off = float(self.rt_offset.value(np.array([0]))[0])
-            return v + off
-        return v
+            v = v + int(self.rt_offset.value(np.array([0]))[0])  # integer ns: realtime does not fit a float
+        return v.to_numpy(np.float64, na_value=np.nan)
 
     # ---------------------------------------------------------------- requests
     def df_guest_bios(self) -> pd.DataFrame:

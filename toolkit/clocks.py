@@ -116,7 +116,7 @@ def realtime_to_monotonic(ts: TraceSet, node: str) -> Offset | None:
 
 
 def guest_offset(ts: TraceSet, guest: str, host: str, causal: pd.DataFrame | None = None,
-                 window_ns: int = 500_000_000) -> Offset | None:
+) -> Offset | None:
     """Offset from ``guest:monotonic`` to ``host:monotonic``.
 
     ``causal``: rows of matched guest/QEMU requests with ``g_d``, ``g_c`` (guest clock) and ``h_handle``,
@@ -126,21 +126,9 @@ def guest_offset(ts: TraceSet, guest: str, host: str, causal: pd.DataFrame | Non
     if causal is not None and len(causal) >= 3:
         c = causal.dropna(subset=["g_d", "g_c", "h_handle", "h_ack"]).sort_values("g_d")
         if len(c) >= 3:
-            gd = c["g_d"].to_numpy(np.int64)
-            hi_b = c["h_handle"].to_numpy(np.int64) - gd
-            lo_b = c["h_ack"].to_numpy(np.int64) - c["g_c"].to_numpy(np.int64)
-            win = (gd - gd[0]) // window_ns
-            g = pd.DataFrame({"w": win, "t": gd, "lo": lo_b, "hi": hi_b}).groupby("w")
-            agg = g.agg(t=("t", "median"), lo=("lo", "max"), hi=("hi", "min"), n=("t", "size"))
-            conflicts = [{"guest_ns": int(r.t), "lo_ns": int(r.lo), "hi_ns": int(r.hi), "pairs": int(r.n)}
-                         for r in agg.itertuples() if r.lo > r.hi]
-            lo = agg["lo"].to_numpy(np.int64)
-            hi = agg["hi"].to_numpy(np.int64)
-            # where a window's bounds crossed, keep the crossing visible but centre on both
-            lo2, hi2 = np.minimum(lo, hi), np.maximum(lo, hi)
-            return Offset(f"{guest}:monotonic", f"{host}:monotonic",
-                          f"{len(c)} causal pairs (guest D/C vs QEMU handle/complete), {len(agg)} windows",
-                          agg["t"].to_numpy(np.int64), lo2, hi2, conflicts)
+            return causal_envelope(c["g_d"].to_numpy(np.int64), c["h_ack"].to_numpy(np.int64) - c["g_c"].to_numpy(np.int64),
+                                   c["h_handle"].to_numpy(np.int64) - c["g_d"].to_numpy(np.int64),
+                                   f"{guest}:monotonic", f"{host}:monotonic")
     p = pair_offsets(ts, f"{guest}:monotonic", f"{host}:monotonic")
     if p.empty:
         return None
@@ -151,6 +139,39 @@ def guest_offset(ts: TraceSet, guest: str, host: str, causal: pd.DataFrame | Non
     return Offset(f"{guest}:monotonic", f"{host}:monotonic",
                   f"{len(d)} reference pairs (upper bounds; reception latency assumed <= 5 ms)",
                   d["a_ns"].to_numpy(np.int64), diff - lat, diff)
+
+
+#: how fast the offset host - guest may *fall* (ns per ns of guest time): the guest clock does not run faster
+#: than the host's beyond this; it may stop (a paused VM, a migration), which makes the offset rise at will
+MAX_FALL_RATE = 5e-3
+
+
+def causal_envelope(t: np.ndarray, lo: np.ndarray, hi: np.ndarray, clock: str, ref: str,
+                    max_fall: float = MAX_FALL_RATE, max_knots: int = 2000) -> Offset:
+    """Offset bounds over time from per-pair bounds ``lo_i <= offset(t_i) <= hi_i`` (t sorted).
+
+    The offset may rise at any speed (the guest clock stops while the VM is paused) but fall only by
+    ``max_fall`` per ns. Lower envelope L (forward: an earlier lower bound still binds later, less the allowed
+    fall) and upper envelope U (backward: a later upper bound binds earlier, plus the allowed fall); where
+    L > U no alignment satisfies the pairs: a conflict, reported with its place, never smoothed over.
+    """
+    n = len(t)
+    t = t.astype(np.float64)
+    # L[i] = max over j <= i of lo[j] - fall*(t[i]-t[j]); U[i] = min over j >= i of hi[j] + fall*(t[j]-t[i])
+    L = np.maximum.accumulate(lo + max_fall * t) - max_fall * t
+    U = np.minimum.accumulate((hi + max_fall * t)[::-1])[::-1] - max_fall * t
+    bad = L > U
+    conflicts = []
+    if bad.any():
+        # one conflict per run of consecutive bad pairs
+        starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))
+        for i in starts[:20]:
+            conflicts.append({"guest_ns": int(t[i]), "lo_ns": int(L[i]), "hi_ns": int(U[i]), "pairs": int(n)})
+    lo2, hi2 = np.minimum(L, U), np.maximum(L, U)
+    step = max(1, n // max_knots)
+    idx = np.arange(0, n, step)
+    return Offset(clock, ref, f"{n} causal pairs (guest D/C vs QEMU handle/complete)",
+                  t[idx].astype(np.int64), lo2[idx].astype(np.int64), hi2[idx].astype(np.int64), conflicts)
 
 
 def coarse_guest_offset(ts: TraceSet, guest: str, host: str, guest_w: pd.DataFrame, qemu_w: pd.DataFrame

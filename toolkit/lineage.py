@@ -21,6 +21,7 @@ from toolkit import clocks, durability, mapping
 
 SLACK_NS = 2_000          # QEMU log resolution (1 us) + realtime/monotonic pair uncertainty
 MATCH_TOL_NS = 200_000_000  # guest<->QEMU matching window around the coarse offset
+FINE_TOL_NS = 5_000_000     # the same after the offset is refined from the linked writes
 NEVER = durability.NEVER
 
 
@@ -70,27 +71,57 @@ def link_guest_qemu(da) -> pd.DataFrame:
     if off0 is None:
         g["reason"] = "no coarse clock offset (no reference pairs, no writes in common)"
         return g
-    # nearest QEMU request of the same op and extent around the coarse-aligned guest issue time
-    left = g.assign(t=(g["g_d"] + off0).astype(np.int64), key=_key(g)).sort_values("t")
-    right = q.dropna(subset=["h_handle"]).assign(t=lambda x: x["h_handle"].astype(np.int64), key=lambda x: _key(x))
-    right = right.sort_values("t")
-    m = pd.merge_asof(left[["rid", "t", "key"]], right[["qid", "t", "key"]], on="t", by="key",
-                      direction="nearest", tolerance=MATCH_TOL_NS, suffixes=("", "_q"))
-    m = m.dropna(subset=["qid"])
-    m["qid"] = m["qid"].astype(np.int64)
-    # each QEMU request serves one guest request: keep the nearest claim (after the offset)
-    qt = right.set_index("qid")["t"]
-    m["dist"] = (m["qid"].map(qt) - m["t"]).abs()
-    m = m.sort_values("dist").drop_duplicates("qid").drop_duplicates("rid")
-    link = m.set_index("rid")["qid"]
-    g["qid"] = g["rid"].map(link).fillna(-1).astype(np.int64)
+    # pass 1: writes and reads (their extents are distinctive) nearest around the coarse-aligned issue time
+    right = q.dropna(subset=["h_ack"]).assign(key=lambda x: _key(x))
+    data = g[g["op"] != "flush"]
+    m1 = _nearest(data.assign(t=(data["g_d"] + off0).astype(np.int64)),
+                  right.dropna(subset=["h_handle"]).assign(t=lambda x: x["h_handle"].astype(np.int64)),
+                  MATCH_TOL_NS)
+    # refined offset as a function of guest time: midpoints of each pair's causal bounds, smoothed
+    pairs = data.set_index("rid").loc[m1.index]
     qi = q.set_index("qid")
+    lo = qi.loc[m1.to_numpy(), "h_ack"].to_numpy() - pairs["g_c"].to_numpy()
+    hi = qi.loc[m1.to_numpy(), "h_handle"].to_numpy() - pairs["g_d"].to_numpy()
+    ok = ~np.isnan(lo) & ~np.isnan(hi)
+    if ok.sum() >= 3:
+        gd = pairs["g_d"].to_numpy()[ok]
+        order = np.argsort(gd)
+        mid = pd.Series(((lo + hi) / 2)[ok][order]).rolling(15, center=True, min_periods=1).median().to_numpy()
+        kt = gd[order]
+    else:
+        kt, mid = np.array([0.0]), np.array([float(off0)])
+    # pass 2: every request, completion against completion (QEMU always logs the completion; a flush has no
+    # arrival event), with the refined offset and a tight window
+    gc = g["g_c"].to_numpy()
+    t2 = np.where(np.isnan(gc), g["g_d"].to_numpy(), gc)
+    left = g.assign(t=(t2 + np.interp(g["g_d"].to_numpy(), kt, mid)).astype(np.int64))
+    m = _nearest(left, right.assign(t=lambda x: x["h_ack"].astype(np.int64)), FINE_TOL_NS)
+    g["qid"] = g["rid"].map(m).fillna(-1).astype(np.int64)
     has = g["qid"] >= 0
     for c in ("h_handle", "h_sub", "h_done", "h_ack"):
         g.loc[has, c] = g.loc[has, "qid"].map(qi[c]).to_numpy(np.float64)
     g.loc[has, "h_unc"] = SLACK_NS
+    # QEMU 7.2 logs no arrival for a flush: place it at the guest's issue on the refined offset (within the
+    # causal window: not after QEMU completed it), and mark the arrival uncertain by that offset's spread
+    fl = has & (g["op"] == "flush")
+    arrive = g.loc[fl, "g_d"].to_numpy() + np.interp(g.loc[fl, "g_d"].to_numpy(), kt, mid)
+    g.loc[fl, "h_handle"] = np.minimum(arrive, g.loc[fl, "h_ack"].to_numpy())
     g.loc[~has, "reason"] = "no QEMU request of the same op and extent near this time"
     return g
+
+
+def _nearest(left: pd.DataFrame, right: pd.DataFrame, tol: int) -> pd.Series:
+    """rid -> qid: for each guest request the QEMU request with the same key nearest in ``t``; each QEMU
+    request serves at most one guest request (the nearest claim wins)."""
+    left = left.assign(key=_key(left)).sort_values("t")
+    right = right.sort_values("t")
+    m = pd.merge_asof(left[["rid", "t", "key"]], right[["qid", "t", "key"]].rename(columns={"t": "tq"}),
+                      left_on="t", right_on="tq", by="key", direction="nearest", tolerance=tol)
+    m = m.dropna(subset=["qid"])
+    m["qid"] = m["qid"].astype(np.int64)
+    m["dist"] = (m["tq"] - m["t"]).abs()
+    m = m.sort_values("dist", kind="stable").drop_duplicates("qid").drop_duplicates("rid")
+    return m.set_index("rid")["qid"]
 
 
 def _key(df: pd.DataFrame) -> pd.Series:
@@ -116,7 +147,7 @@ def guest_clock(da) -> clocks.Offset | None:
     causal = None
     if da.qemu_traces and da.qemu_has_times and da.guest_traces:
         lin = da.df_lineage()
-        lin = lin[lin["qid"] >= 0]
+        lin = lin[(lin["qid"] >= 0) & (lin["op"] != "flush")]  # flush arrival is not logged: not causal
         causal = pd.DataFrame({"g_d": lin["g_d"], "g_c": lin["g_c"], "h_handle": lin["h_handle"],
                                "h_ack": lin["h_ack"]})
     return clocks.guest_offset(da.ts, da.disk.guest, da.host_node, causal)

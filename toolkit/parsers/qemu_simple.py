@@ -46,8 +46,11 @@ STATE_ARGS = {"runstate_set": "new_state_str", "vm_state_notify": "reason_str", 
 
 
 def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: str | os.PathLike | None = None,
-          *, base: str | os.PathLike | None = None, **_: object) -> ParseResult:
+          *, base: str | os.PathLike | None = None, args_text: bool = True, **_: object) -> ParseResult:
     """Parse simple-backend files into QEMU_EVENTS (file order) and REJECTS (byte offsets).
+
+    ``args_text=False`` leaves ``args`` null for records without string arguments (the typed columns are still
+    filled): formatting every value as text is most of the cost on big files.
 
     meta: ``clock`` 'monotonic', ``byte_order``, ``dropped_records``/``dropped_events``, ``trace_events`` (the
     declarations file used, or None), ``unknown_events`` (ids or names without declarations), ``notes``.
@@ -65,7 +68,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
     for path in paths:
         name = fileio.display_name(path, base)
         data, cut = fileio.read_bytes(path)
-        ev, rej, m = _parse_one(data, name, decls)
+        ev, rej, m = _parse_one(data, name, decls, args_text)
         if cut:
             m["truncated"].append({"file": name, "offset": len(data), "reason": "compressed stream ends early"})
         evs.append(ev)
@@ -84,7 +87,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None):
+def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True):
     meta: dict = {"byte_order": None, "dropped_records": 0, "dropped_events": 0, "unknown_events": [],
                   "truncated": [], "notes": []}
     if len(data) < 24:
@@ -131,8 +134,7 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None):
             length = lp[6::2][: cnt - 3].astype(np.int64)
             pid = lp[7::2][: cnt - 3]
             ok = (typ == REC_EVENT) & ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24)
-            if pid0[0] is not None:
-                ok &= pid == pid0[0]
+            del pid  # not required equal: the chain check below rejects false starts
             starts = r + 8 * np.flatnonzero(ok).astype(np.int64)
             size = 8 + length[ok]
             keep = starts + size <= L
@@ -218,7 +220,7 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None):
         p += 8 + length
 
     starts = np.concatenate(fast_starts) if fast_starts else np.array([], np.int64)
-    ev = _build(data, starts, slow, names, decls, u64, file, meta)
+    ev = _build(data, starts, slow, names, decls, u64, file, meta, args_text)
     return ev, reject_rows(file, rejects), meta
 
 
@@ -302,7 +304,7 @@ def _hex(v: np.ndarray) -> pa.Array:
 
 
 def _build(data: bytes, starts: np.ndarray, slow: list, names: dict[int, str], decls, u64: np.dtype, file: str,
-           meta: dict) -> pd.DataFrame:
+           meta: dict, args_text: bool = True) -> pd.DataFrame:
     """QEMU_EVENTS rows from the fast record starts and the records read one by one, in file order."""
     n_fast = len(starts)
     pos = np.concatenate([starts, np.array([s[0] for s in slow], dtype=np.int64)])
@@ -378,7 +380,7 @@ def _build(data: bytes, starts: np.ndarray, slow: list, names: dict[int, str], d
                 dat, msk = typed[col]
                 dat[rr] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
                 msk[rr] = ~valid
-            pieces.append(_hex(v))
+            pieces.append(_hex(v) if args_text else pa.nulls(len(v), pa.string()))
         if pieces:
             txt = pc.binary_join_element_wise(*pieces, "")
         else:
