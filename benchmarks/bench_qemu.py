@@ -1,0 +1,149 @@
+"""Benchmarks of the QEMU readers on scaled real traces (beside the blktrace ones).
+
+    python benchmarks/bench_qemu.py                 # 5 M log lines, 2 M simple-backend records
+    python benchmarks/bench_qemu.py --small         # 500 k lines, 200 k records
+    python benchmarks/bench_qemu.py --simpletrace DIR   # folder with QEMU's simpletrace.py + tracetool/
+
+Log backend: the real logs of traces/ (timestamped ones), copied with every copy shifted in time, parsed by
+``toolkit.parsers.qemu_log`` in a fresh subprocess: lines/s and peak RSS (ru_maxrss). Simple backend: the real
+events written in file format v4, replicated to the wanted record count; ``toolkit.parsers.qemu_simple`` and
+QEMU's ``scripts/simpletrace.py`` (if found) read the same file in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy, pandas, pyarrow, pyarrow.compute  # imports are not timed
+t = time.perf_counter()
+{code}
+dt = time.perf_counter() - t
+print(json.dumps({{"seconds": dt, "rows": n, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_child(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), code=code)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build_log(path: Path, lines: int) -> int:
+    """Write ``lines`` lines: the timestamped sample logs, copy k shifted by k * (span + 1) seconds."""
+    src = []
+    for p in sorted((ROOT / "traces").glob("*/qemu-*.log.xz")):
+        text = lzma.decompress(p.read_bytes()).decode()
+        if re.match(r"^\d+@", text):
+            src += text.splitlines()
+    pat = re.compile(r"^(\d+)@(\d+)\.")
+    secs = [int(pat.match(ln).group(2)) for ln in src]
+    base, span = min(secs), max(secs) - min(secs) + 1
+    rest = [pat.sub("", ln, count=1) for ln in src]
+    tids = [pat.match(ln).group(1) for ln in src]
+    offs = [s - base for s in secs]
+    n = 0
+    with open(path, "w") as f:
+        k = 0
+        while n < lines:
+            shift = base + k * span
+            m = min(len(src), lines - n)
+            f.write("".join(f"{tids[i]}@{shift + offs[i]}.{rest[i]}\n" for i in range(m)))
+            n += m
+            k += 1
+    return n
+
+
+def build_simple(path: Path, te_path: Path, records: int) -> int:
+    from conftest import TRACE_EVENTS_72, simple_records_from_log
+
+    from toolkit.parsers import qemu_log, qemu_simple
+    from toolkit.parsers import trace_events as te
+
+    decls = te.parse_text(TRACE_EVENTS_72)
+    te_path.write_text(TRACE_EVENTS_72.lstrip())
+    names, recs = None, []
+    for p in sorted((ROOT / "traces").glob("*/qemu-*.log.xz")):
+        ev = qemu_log.parse(p).events
+        nm, r, _ = simple_records_from_log(ev, decls)
+        names = nm
+        recs += r
+    out, k = [], 0
+    while len(out) < records:
+        shift = k * 10**12
+        out += [(e, t + shift, 4242, v) for e, t, _pid, v in recs[: records - len(out)]]  # one process
+        k += 1
+    qemu_simple.write(path, names, out)
+    return len(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=5_000_000)
+    ap.add_argument("--records", type=int, default=2_000_000)
+    ap.add_argument("--small", action="store_true", help="500 k lines, 200 k records")
+    ap.add_argument("--simpletrace", default=os.environ.get("QEMU_SIMPLETRACE_DIR", "/work/.cache/qemu-simpletrace"))
+    ap.add_argument("--skip-simpletrace", action="store_true")
+    a = ap.parse_args()
+    if a.small:
+        a.lines, a.records = 500_000, 200_000
+    res: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        log = d / "qemu.log"
+        n = build_log(log, a.lines)
+        r = run_child(f"from toolkit.parsers import qemu_log\nr = qemu_log.parse({str(log)!r})\nn = len(r.events)")
+        assert r["rows"] == n
+        res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
+                           "lines_per_s": round(n / r["seconds"])}
+        print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
+              f"{n / r['seconds'] / 1e6:.2f} M lines/s  peak {r['maxrss_mb']:.0f} MB")
+        log.unlink()
+        st, tef = d / "trace-1", d / "trace-events-all"
+        n = build_simple(st, tef, a.records)
+        r = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
+                      f"trace_events={str(tef)!r})\nn = len(r.events)")
+        assert r["rows"] == n
+        res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
+                              "records_per_s": round(n / r["seconds"])}
+        print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
+              f"{n / r['seconds'] / 1e6:.2f} M records/s  peak {r['maxrss_mb']:.0f} MB")
+        r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
+                       f"trace_events={str(tef)!r}, args_text=False)\nn = len(r.events)")
+        res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
+        print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
+              f"{n / r2['seconds'] / 1e6:.2f} M records/s  peak {r2['maxrss_mb']:.0f} MB")
+        script = Path(a.simpletrace) / "simpletrace.py"
+        if script.exists() and not a.skip_simpletrace:
+            t = time.perf_counter()
+            with open(os.devnull, "w") as null:
+                subprocess.run([sys.executable, str(script), str(tef), str(st)], stdout=null, check=True)
+            dt = time.perf_counter() - t
+            res["simpletrace_py"] = {"seconds": dt, "records_per_s": round(n / dt)}
+            ratio = dt / r["seconds"]
+            res["speedup"] = round(ratio, 1)
+            res["speedup_no_text"] = round(dt / r2["seconds"], 1)
+            print(f"simpletrace.py {n:>7} recs            {dt:.2f} s  {n / dt / 1e6:.2f} M records/s  "
+                  f"-> writeorder is {ratio:.1f}x faster ({dt / r2['seconds']:.1f}x without args text)")
+        else:
+            print(f"simpletrace.py not found at {script}: no comparison")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
