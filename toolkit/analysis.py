@@ -246,6 +246,9 @@ class DiskAnalysis:
         def build():
             b = self.df_host_bios()
             w = b[(b["op"].isin(["write", "discard"])) & (b["nsect"] > 0)].copy()
+            # a request seen only from its dispatch (no Q of its own) was issued by then
+            w["q_ns"] = w["q_ns"].fillna(w["d_ns"])
+            w = w[w["q_ns"].notna()]
             w["durable_ns"] = durability.host_durable(w, self.df_host_flushes(),
                                                       volatile_cache=self.host_volatile_cache)
             return w.reset_index(drop=True)
@@ -294,9 +297,9 @@ class DiskAnalysis:
         """At-risk set over time (reference clock): time_ns, writes, bytes."""
         def build():
             w = self.df_writes()
-            w = w[w["mapped"] & w["h_sub"].notna()]
+            w = w[w["mapped"] & w["h_handle"].notna()]
             end = int(self.host_events["time_ns"].max()) if len(self.host_events) else None
-            return durability.exposure(w["h_sub"].to_numpy(np.int64), w["hd_opt_ns"].to_numpy(np.int64),
+            return durability.exposure(w["h_sub"].fillna(w["h_handle"]).to_numpy(np.int64), w["hd_opt_ns"].to_numpy(np.int64),
                                        (w["nsect"] * 512).to_numpy(np.int64), end)
         return self._memo("exposure", build)
 

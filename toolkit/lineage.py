@@ -142,10 +142,55 @@ def _align_only(da, g: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
+def host_causal_pairs(da) -> pd.DataFrame | None:
+    """Causal pairs between guest writes and the host writes of the same extent (when QEMU's times are
+    missing): the host queues the data after the guest issued it (offset <= host Q - guest D), and, when the
+    host write is synchronous (O_DIRECT), completes it before the guest sees the completion (offset >= host C -
+    guest C). Used only when nearly all pairs are synchronous; None otherwise."""
+    if not da.guest_traces or not da.host_traces:
+        return None
+    g = da.df_guest_requests()
+    g = g[(g["op"] == "write") & g["c_ns"].notna()]
+    hw = da.df_host_writes()
+    if g.empty or hw.empty:
+        return None
+    pieces = mapping.to_host(da.extents, g["sector"].to_numpy(), g["nsect"].to_numpy())
+    whole = pieces.groupby("i").filter(lambda x: len(x) == 1)  # unsplit writes only
+    gi = whole["i"].to_numpy()
+    left = pd.DataFrame({"gd": g["d_ns"].to_numpy(np.int64)[gi], "gc": g["c_ns"].to_numpy(np.float64)[gi],
+                         "key": whole["h_sector"].astype(str).to_numpy() + "+" + whole["nsect"].astype(str).to_numpy()})
+    right = pd.DataFrame({"hq": hw["q_ns"].to_numpy(np.int64), "hc": hw["c_ns"].to_numpy(np.float64),
+                          "key": hw["sector"].astype(str).to_numpy() + "+" + hw["nsect"].astype(str).to_numpy()})
+    p = clocks.pair_offsets(da.ts, f"{da.disk.guest}:monotonic", f"{da.host_node}:monotonic")
+    if p.empty:
+        r = right.sort_values("hq").assign(k=lambda x: x.groupby("key").cumcount())
+        lft = left.sort_values("gd").assign(k=lambda x: x.groupby("key").cumcount())
+        mm = lft.merge(r, on=["key", "k"])
+        if mm.empty:
+            return None
+        off0 = float(np.median(mm["hq"] - mm["gd"]))
+    else:
+        off0 = float(np.median(p["diff_ns"]))
+    left["t"] = (left["gd"] + off0).astype(np.int64)
+    right["t"] = right["hq"]
+    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t"), on="t", by="key", direction="nearest",
+                      tolerance=MATCH_TOL_NS // 10).dropna(subset=["hq", "hc"])
+    if len(m) < 3:
+        return None
+    lo, hi = m["hc"] - m["gc"], m["hq"] - m["gd"]
+    sync = (lo <= hi).mean()
+    if sync < 0.9:
+        return None
+    m = m[lo <= hi]
+    return pd.DataFrame({"g_d": m["gd"], "g_c": m["gc"], "h_handle": m["hq"], "h_ack": m["hc"]})
+
+
 def guest_clock(da) -> clocks.Offset | None:
     """guest:monotonic -> reference, from causal pairs of linked requests, else reference pairs."""
     causal = None
-    if da.qemu_traces and da.qemu_has_times and da.guest_traces:
+    if da.guest_traces and not (da.qemu_traces and da.qemu_has_times):
+        causal = host_causal_pairs(da)
+    elif da.qemu_traces and da.qemu_has_times and da.guest_traces:
         lin = da.df_lineage()
         lin = lin[(lin["qid"] >= 0) & (lin["op"] != "flush")]  # flush arrival is not logged: not causal
         causal = pd.DataFrame({"g_d": lin["g_d"], "g_c": lin["g_c"], "h_handle": lin["h_handle"],
@@ -158,16 +203,18 @@ def direct_io_share(da) -> float | None:
     submission and completion of the write: ~1 with O_DIRECT (cache=none/directsync), ~0 through the page
     cache. None when it cannot be measured."""
     lin = da.df_lineage()
-    w = lin[(lin["op"] == "write") & (lin["qid"] >= 0) & lin["h_sub"].notna() & lin["h_done"].notna()]
+    w = lin[(lin["op"] == "write") & lin["h_handle"].notna() & lin["h_ack"].notna()]
     hw = da.df_host_writes()
     if w.empty or hw.empty:
         return None
+    unc = w["h_unc"].fillna(0).to_numpy(np.float64) + SLACK_NS
+    start = w["h_sub"].fillna(w["h_handle"]).to_numpy(np.float64) - unc
+    done = w["h_done"].fillna(w["h_ack"]).to_numpy(np.float64) + unc
     pieces = mapping.to_host(da.extents, w["sector"].to_numpy(), w["nsect"].to_numpy())
     first = pieces.groupby("i").head(1)
-    left = pd.DataFrame({"i": first["i"].to_numpy(), "h_sector": first["h_sector"].to_numpy(),
-                         "t": w["h_sub"].to_numpy(np.float64)[first["i"].to_numpy()] - SLACK_NS,
-                         "done": w["h_done"].to_numpy(np.float64)[first["i"].to_numpy()] + SLACK_NS})
-    left["t"] = left["t"].astype(np.int64)
+    fi = first["i"].to_numpy()
+    left = pd.DataFrame({"i": fi, "h_sector": first["h_sector"].to_numpy(), "t": start[fi].astype(np.int64),
+                         "done": done[fi]})
     right = pd.DataFrame({"h_sector": hw["sector"].to_numpy(np.int64), "q": hw["q_ns"].to_numpy(np.int64)})
     right["t"] = right["q"]
     m = pd.merge_asof(left.sort_values("t"), right.sort_values("t"), on="t", by="h_sector",
@@ -181,9 +228,11 @@ def guest_writes_durability(da) -> pd.DataFrame:
     w = lin[(lin["op"] == "write")].copy()
     w["completed"] = w["g_c"].notna() & (w["error"].fillna(0) == 0)
     direct = da.inferred_direct if hasattr(da, "inferred_direct") else (direct_io_share(da) or 0) >= 0.8
-    sub = w["h_sub"].to_numpy(np.float64)
+    # earliest host issue that can carry the write's data: QEMU's submission to the host (or, when its host
+    # job is not attributed, QEMU's receipt); certainly carried once QEMU's host write completed (or it acked)
+    sub = w["h_sub"].fillna(w["h_handle"]).to_numpy(np.float64)
     unc = w["h_unc"].fillna(0).to_numpy(np.float64)
-    done = w["h_done"].to_numpy(np.float64)
+    done = w["h_done"].fillna(w["h_ack"]).to_numpy(np.float64)
     t_opt = sub - unc
     t_cert = t_opt if direct else done + unc
     pieces = mapping.to_host(da.extents, w["sector"].to_numpy(), w["nsect"].to_numpy())
@@ -202,12 +251,18 @@ def guest_writes_durability(da) -> pd.DataFrame:
                            "nsect": pieces["nsect"].to_numpy(),
                            "t_from": t[pieces["i"].to_numpy()].astype(np.int64)})
         res[name] = durability.carried_durable(gw, hw_in).set_index("wid")
-    for name in ("opt", "cert"):
-        r = res[name]
-        w[f"hd_{name}_ns"] = w["rid"].map(r["durable_ns"]).fillna(NEVER).astype(np.int64)
-    w["first_host_q_ns"] = w["rid"].map(res["opt"]["first_q_ns"]).fillna(NEVER).astype(np.int64)
-    w["via_rid"] = w["rid"].map(res["opt"]["via_rid"]).fillna(-1).astype(np.int64)
-    w["first_rid"] = w["rid"].map(res["opt"]["first_rid"]).fillna(-1).astype(np.int64)
+    def pick(r: pd.DataFrame, col: str, default: int) -> np.ndarray:
+        """Per write, ``r[col]`` by wid as int64 (``default`` for writes not in ``r``): no float round trip."""
+        out = np.full(len(w), default, dtype=np.int64)
+        pos = pd.Index(r.index).get_indexer(w["rid"].to_numpy())
+        out[pos >= 0] = r[col].to_numpy(np.int64)[pos[pos >= 0]]
+        return out
+
+    w["hd_opt_ns"] = pick(res["opt"], "durable_ns", NEVER)
+    w["hd_cert_ns"] = pick(res["cert"], "durable_ns", NEVER)
+    w["first_host_q_ns"] = pick(res["opt"], "first_q_ns", NEVER)
+    w["via_rid"] = pick(res["opt"], "via_rid", -1)
+    w["first_rid"] = pick(res["opt"], "first_rid", -1)
     # the promise: the first guest flush issued after the write completed (guest clock)
     f = lin[lin["op"] == "flush"]
     fidx = durability.first_covering_flush(np.nan_to_num(w["g_c"].to_numpy(), nan=np.inf).astype(np.float64)
@@ -226,11 +281,14 @@ def guest_flushes(da) -> pd.DataFrame:
     fb = hb[(hb["op"] == "flush") & hb["q_ns"].notna()]
     a = f["h_handle"].to_numpy(np.float64) - f["h_unc"].fillna(0).to_numpy()
     b = f["h_ack"].to_numpy(np.float64) + f["h_unc"].fillna(0).to_numpy()
-    dd = np.sort(hf["d_ns"].to_numpy(np.int64))
+    # host device flushes in progress at any time in [a, b] (issued before b, completed after a)
+    ok = hf["c_ns"].notna().to_numpy()
+    dd = np.sort(hf["d_ns"].to_numpy(np.int64)[ok])
+    cc = np.sort(hf["c_ns"].to_numpy(np.float64)[ok].astype(np.int64))
     fq = np.sort(fb["q_ns"].to_numpy(np.int64))
     nan = np.isnan(a) | np.isnan(b)
     a0, b0 = np.nan_to_num(a).astype(np.int64), np.nan_to_num(b).astype(np.int64)
-    f["host_flushes"] = np.where(nan, -1, np.searchsorted(dd, b0, "right") - np.searchsorted(dd, a0, "left"))
+    f["host_flushes"] = np.where(nan, -1, np.searchsorted(dd, b0, "right") - np.searchsorted(cc, a0, "left"))
     f["host_flush_bios"] = np.where(nan, -1, np.searchsorted(fq, b0, "right") - np.searchsorted(fq, a0, "left"))
     w = da.df_writes()
     promised = w[w["flush_rid"] >= 0]

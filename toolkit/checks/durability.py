@@ -51,10 +51,21 @@ def evaluated_writes(da) -> pd.DataFrame:
     hd_opt = w["hd_opt_ns"].to_numpy(np.float64)
     hd_cert = w["hd_cert_ns"].to_numpy(np.float64)
     host_covers = (span is not None) & (np.nan_to_num(dl, nan=np.inf) <= (span[1] if span else 0))
-    linked = w["h_sub"].notna().to_numpy() & w["mapped"].to_numpy()
+    linked = w["h_handle"].notna().to_numpy() & w["mapped"].to_numpy()
     judged = ~np.isnan(dl) & linked & host_covers
     w["late"] = judged & (hd_opt > dl + unc)
-    w["maybe_late"] = judged & ~w["late"].to_numpy() & (hd_cert > dl - unc)
+    maybe = judged & ~w["late"].to_numpy() & (hd_cert > dl - unc)
+    # settle near-ties by causality: a write made durable by the host flush that the guest flush itself caused
+    # (issued after the guest flush reached QEMU) was durable before the guest flush completed, whatever the
+    # clocks say, because QEMU completes a flush only after its host flush returned
+    hf = da.df_host_flushes()
+    hf = hf[hf["c_ns"].notna() & (hf["error"].fillna(0) == 0)]
+    by_c = pd.Series(hf["d_ns"].to_numpy(np.int64), index=hf["c_ns"].to_numpy(np.int64))
+    by_c = by_c[~by_c.index.duplicated()]
+    flush_d = pd.Series(w["hd_opt_ns"].to_numpy()).map(by_c).to_numpy(np.float64)
+    arrival = w["flush_rid"].map(f["h_handle"]).to_numpy(np.float64) - unc
+    caused = ~np.isnan(flush_d) & (flush_d >= arrival) & (hd_opt <= dl)
+    w["maybe_late"] = maybe & ~caused
     w["gap"] = ~np.isnan(dl) & ~(linked & host_covers)
     return w
 
@@ -119,7 +130,7 @@ def check(da) -> list[Violation]:
                              bool(fl["h_unc"] > 10 * 2_000), sent, da.name, {"pending_writes": n}))
     # exposure at the end
     span = _host_span(da)
-    end = w[(w["hd_opt_ns"] == NEVER) & w["mapped"] & w["h_sub"].notna()]
+    end = w[(w["hd_opt_ns"] == NEVER) & w["mapped"] & w["h_handle"].notna()]
     if span is not None and len(end):
         sent = (f"{len(end)} write(s) acknowledged to the guest ({int(end['nsect'].sum()) * 512} bytes, first "
                 f"#{int(end['rid'].iloc[0])} at sectors {int(end['sector'].iloc[0])}+{int(end['nsect'].iloc[0])}) "

@@ -22,7 +22,7 @@ from toolkit.durability import NEVER
 
 def crash_reorder(da) -> list[Violation]:
     w = da.df_writes()
-    w = w[w["completed"] & w["mapped"] & w["h_sub"].notna()]
+    w = w[w["completed"] & w["mapped"] & w["h_handle"].notna()]
     f = da.df_flushes()
     f = f[f["h_ack"].notna() & f["g_c"].notna()]
     if w.empty or f.empty:
