@@ -95,7 +95,17 @@ def link_guest_qemu(da) -> pd.DataFrame:
     gc = g["g_c"].to_numpy()
     t2 = np.where(np.isnan(gc), g["g_d"].to_numpy(), gc)
     left = g.assign(t=(t2 + np.interp(g["g_d"].to_numpy(), kt, mid)).astype(np.int64))
-    m = _nearest(left, right.assign(t=lambda x: x["h_ack"].astype(np.int64)), FINE_TOL_NS)
+    right2 = right.assign(t=lambda x: x["h_ack"].astype(np.int64))
+    m = _nearest(left, right2, FINE_TOL_NS)
+    for _ in range(3):  # requests that lost a contested QEMU request to a nearer one try the next nearest
+        rest = left[~left["rid"].isin(m.index)]
+        free = right2[~right2["qid"].isin(m.to_numpy())]
+        if rest.empty or free.empty:
+            break
+        more = _nearest(rest, free, FINE_TOL_NS)
+        if more.empty:
+            break
+        m = pd.concat([m, more])
     g["qid"] = g["rid"].map(m).fillna(-1).astype(np.int64)
     has = g["qid"] >= 0
     for c in ("h_handle", "h_sub", "h_done", "h_ack"):

@@ -38,7 +38,8 @@ BLKTRACE_MAGIC = 0x65617400
 QEMU_SIMPLE_MAGIC = struct.pack("=QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4)
 _BLKPARSE_LINE = re.compile(rb"^\s*\d+,\d+\s+\d+\s+\d+\s+\d+\.\d{9}\s+\d+\s+(?:[0-9a-f]+,[0-9a-f]+\s+)?[A-Za-z]{1,2}\s",
                             re.M)
-_QEMU_LINE = re.compile(rb"^(?:\d+@\d+\.\d+:|\d{4}-\d\d-\d\dT[\d:.]+Z |[\w.-]+\(\d+:[^)]*\): )?[a-z][a-z0-9_]+ ", re.M)
+_QEMU_LINE = re.compile(rb"^(?:\d+@\d+\.\d+:)?(?:\d{4}-\d\d-\d\dT[\d:.]+Z )?(?:\[[^\]\n]*\] )?"
+                        rb"(?:[\w.-]+\(\d+:[^)\n]*\): )?[a-z][a-z0-9_]+ ", re.M)
 
 FORMATS = ("blktrace", "blkparse", "qemu-log", "qemu-simple")
 
