@@ -21,7 +21,15 @@ from toolkit.checks import CLASSES
 from toolkit.verdict import check_analysis
 
 DURABILITY = ("flush-not-durable", "fua-not-durable", "flush-not-forwarded", "crash-reorder")
-SAFE = [s for s in SETS if "unsafe" not in s]
+UNSAFE = [s for s in SETS if "unsafe" in s]
+SAFE = [s for s in SETS if s not in UNSAFE]
+# sets with two QEMU processes on one disk (migration, split brain): lineage across processes is issue 6
+TWO_QEMU = {"migrate-writeback", "migrate-resume-source", "splitbrain-none"}
+
+
+def _two_qemu(names):
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 6: two QEMU processes"))
+            if n in TWO_QEMU else n for n in names]
 
 
 @cache
@@ -52,10 +60,11 @@ def _flushes_with_new_data(sa) -> int:
     return int(sum(((c > a) & (c < b)).any() for a, b in zip(prev, d, strict=True)))
 
 
-def test_unsafe_reports_every_flush_that_covered_unflushed_data():
-    sa, res = result("raw-unsafe")
+@pytest.mark.parametrize("name", UNSAFE)
+def test_unsafe_reports_every_flush_that_covered_unflushed_data(name):
+    sa, res = result(name)
     s = res.summary()
-    gt = manifest("raw-unsafe")["ground_truth"]["summary"]
+    gt = manifest(name)["ground_truth"]["summary"]
     assert gt["host_flushes_from_qemu"] == 0  # the capture's fact: guest flushes never became host flushes
     n = _flushes_with_new_data(sa)
     assert 0 < n <= gt["guest_flush_requests_to_virtio"]
@@ -73,20 +82,23 @@ def test_unsafe_reports_every_flush_that_covered_unflushed_data():
 @pytest.mark.parametrize("name", SETS)
 def test_inferred_cache_mode_matches_the_declared_one(name):
     sa, res = result(name)
-    m = res.inferred_cache[sa.disks[0].name]
-    assert m["mode"] == manifest(name)["cache_mode"], m
+    for da in sa.disks:
+        m = res.inferred_cache[da.name]
+        assert m["mode"] == manifest(name)["cache_mode"], m
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("name", _two_qemu(SETS))
 def test_every_guest_write_is_linked_and_carried_to_the_host(name):
     sa, res = result(name)
-    cov = res.coverage[sa.disks[0].name]
     gt = manifest(name)["ground_truth"]["summary"]
-    assert cov["guest_flushes"] == gt["guest_flush_requests_to_virtio"]
-    assert cov["write_share_carried"] == 1.0, cov["not_carried"][:5]
-    if sa.disks[0].qemu_has_times:
-        assert cov["writes_linked_to_qemu"] == cov["guest_writes"]
-        assert cov["flushes_linked_to_qemu"] == cov["guest_flushes"]
+    if len(sa.disks) == 1:
+        assert res.coverage[sa.disks[0].name]["guest_flushes"] == gt["guest_flush_requests_to_virtio"]
+    for da in sa.disks:
+        cov = res.coverage[da.name]
+        assert cov["write_share_carried"] == 1.0, cov["not_carried"][:5]
+        if da.qemu_has_times:
+            assert cov["writes_linked_to_qemu"] == cov["guest_writes"]
+            assert cov["flushes_linked_to_qemu"] == cov["guest_flushes"]
 
 
 def test_overlapping_inflight_matches_ground_truth():
@@ -97,13 +109,25 @@ def test_overlapping_inflight_matches_ground_truth():
     assert by_layer.get("host-block", 0) == gt["host_overlapping_inflight_pairs"]
 
 
-@pytest.mark.parametrize("name", [s for s in SETS if manifest(s)["ground_truth"]["summary"].get("host_flush_follows_guest_flush")])
+@pytest.mark.parametrize("name", _two_qemu([s for s in SETS if manifest(s)["ground_truth"]["summary"].get("host_flush_follows_guest_flush")]))
 def test_forwarded_flushes_seen_on_the_host(name):
     """Every guest flush that QEMU forwarded overlaps a flush of the host device."""
     sa, _ = result(name)
     f = sa.disks[0].df_flushes()
     fwd = f[f["new_writes"] > 0]
     assert (fwd["host_flushes"] > 0).all()
+
+
+@pytest.mark.parametrize("name", [s for s in SETS if manifest(s)["cache_mode"] in ("writethrough", "directsync")])
+def test_write_through_disks_every_write_durable_at_completion(name):
+    """The guest sees no write cache and sends no flushes; QEMU makes each write durable before completing it."""
+    sa, res = result(name)
+    da = sa.disks[0]
+    assert not da.guest_write_cache
+    w = da.df_writes()
+    w = w[w["completed"]]
+    assert (w["hd_opt_ns"] <= w["h_ack"]).mean() >= 0.99
+    assert res.summary()["fua-not-durable"] == 0
 
 
 def test_guest_clock_alignment_is_tight_and_consistent():

@@ -201,6 +201,16 @@ class DiskAnalysis:
             for t in self.qemu_traces:
                 ev = self.sa.results[t.index].events
                 r = qemu.qemu_requests(ev, node=t.node, role=t.role, pid=t.pid)
+                # when QEMU's data job (not a flush job that followed it) completed: the data is then in the
+                # host's page cache or on the device
+                j = qemu.host_jobs(ev)
+                j = j[(j["rid"] >= 0) & j["op"].isin(["write", "write_zeroes", "discard"])]
+                dd = j.dropna(subset=["complete_ns"]).groupby("rid")["complete_ns"].max()
+                pos = pd.Index(dd.index).get_indexer(r["rid"].to_numpy())
+                if len(dd):
+                    vals = dd.to_numpy(np.int64)[np.maximum(pos, 0)]
+                    r["done_ns"] = pd.Series(pd.array(np.where(pos >= 0, vals, 0), dtype="Int64")).where(
+                        pos >= 0, pd.Series(pd.array(r["done_ns"], dtype="Int64")))
                 r["trace"] = t.index
                 r["role"] = t.role
                 for c in ("q_ns", "d_ns", "c_ns", "sub_ns", "done_ns"):
@@ -257,6 +267,25 @@ class DiskAnalysis:
     @property
     def host_volatile_cache(self) -> bool:
         return True
+
+    @cached_property
+    def guest_write_cache(self) -> bool:
+        """Does the guest see a volatile write cache (and so rely only on flushes and FUA)?
+
+        The disk's ``guest_write_cache`` field if given; a guest that sends flushes sees one; else the declared
+        mode (writethrough/directsync: no); else inferred: no when the host made nearly every write durable
+        before QEMU completed it. A guest that never flushes a write-back disk was promised nothing.
+        """
+        if self.disk.guest_write_cache is not None:
+            return self.disk.guest_write_cache
+        g = self.df_guest_requests()
+        if (g["op"] == "flush").any():
+            return True
+        if self.disk.cache is not None:
+            return self.disk.cache not in ("writethrough", "directsync")
+        w = self.df_writes()
+        w = w[w["completed"] & w["h_ack"].notna()]
+        return not (len(w) and (w["hd_opt_ns"] <= w["h_ack"]).mean() >= 0.9)
 
     @cached_property
     def direct_share(self) -> float | None:

@@ -54,6 +54,8 @@ def host_durable(writes: pd.DataFrame, flushes: pd.DataFrame, *, volatile_cache:
 def first_covering_flush(w_c: np.ndarray, f_d: np.ndarray) -> np.ndarray:
     """Index (into flushes sorted by issue time ``f_d``) of the first flush issued after each write completed
     (``w_c``); -1 when no later flush. Both on the same clock."""
+    if len(f_d) == 0:
+        return np.full(len(w_c), -1, dtype=np.int64)
     order = np.argsort(f_d, kind="stable")
     k = np.searchsorted(f_d[order], np.asarray(w_c, np.int64), side="right")
     return np.where(k < len(order), order[np.minimum(k, len(order) - 1)], -1)

@@ -86,10 +86,15 @@ def link_guest_qemu(da) -> pd.DataFrame:
     if ok.sum() >= 3:
         gd = pairs["g_d"].to_numpy()[ok]
         order = np.argsort(gd)
-        mid = pd.Series(((lo + hi) / 2)[ok][order]).rolling(15, center=True, min_periods=1).median().to_numpy()
-        kt = gd[order]
+        # robust to a few mislinked pairs: rolling medians of each pair's bounds (the strict envelope, which a
+        # single bad pair can bend, is computed later from the final links in toolkit.clocks)
+        roll = pd.DataFrame({"lo": lo[ok][order], "hi": hi[ok][order]}).rolling(15, center=True, min_periods=1)
+        med = roll.median()
+        kt = gd[order].astype(np.float64)
+        mid = ((med["lo"] + med["hi"]) / 2).to_numpy()
+        kl = med["lo"].to_numpy()
     else:
-        kt, mid = np.array([0.0]), np.array([float(off0)])
+        kt, mid, kl = np.array([0.0]), np.array([float(off0)]), np.array([float(off0)])
     # pass 2: every request, completion against completion (QEMU always logs the completion; a flush has no
     # arrival event), with the refined offset and a tight window
     gc = g["g_c"].to_numpy()
@@ -114,8 +119,12 @@ def link_guest_qemu(da) -> pd.DataFrame:
     # QEMU 7.2 logs no arrival for a flush: place it at the guest's issue on the refined offset (within the
     # causal window: not after QEMU completed it), and mark the arrival uncertain by that offset's spread
     fl = has & (g["op"] == "flush")
-    arrive = g.loc[fl, "g_d"].to_numpy() + np.interp(g.loc[fl, "g_d"].to_numpy(), kt, mid)
-    g.loc[fl, "h_handle"] = np.minimum(arrive, g.loc[fl, "h_ack"].to_numpy())
+    gd_f = g.loc[fl, "g_d"].to_numpy()
+    earliest = gd_f + np.interp(gd_f, kt, kl)  # the earliest arrival the causal bounds allow
+    g.loc[fl, "h_handle"] = np.minimum(earliest, g.loc[fl, "h_ack"].to_numpy())
+    # only the arrival is estimated; QEMU's completion (the deadline) is logged
+    g["h_handle_unc"] = g["h_unc"]
+    g.loc[fl, "h_handle_unc"] = np.maximum(gd_f + np.interp(gd_f, kt, mid) - earliest, SLACK_NS)
     g.loc[~has, "reason"] = "no QEMU request of the same op and extent near this time"
     return g
 
@@ -271,6 +280,8 @@ def guest_writes_durability(da) -> pd.DataFrame:
     w["hd_opt_ns"] = pick(res["opt"], "durable_ns", NEVER)
     w["hd_cert_ns"] = pick(res["cert"], "durable_ns", NEVER)
     w["first_host_q_ns"] = pick(res["opt"], "first_q_ns", NEVER)
+    w["first_host_q_cert_ns"] = pick(res["cert"], "first_q_ns", NEVER)
+    w["t_cert_ns"] = np.nan_to_num(t_cert, nan=np.nan)
     w["via_rid"] = pick(res["opt"], "via_rid", -1)
     w["first_rid"] = pick(res["opt"], "first_rid", -1)
     # the promise: the first guest flush issued after the write completed (guest clock)
@@ -289,7 +300,7 @@ def guest_flushes(da) -> pd.DataFrame:
     hf = da.df_host_flushes()
     hb = da.df_host_bios()
     fb = hb[(hb["op"] == "flush") & hb["q_ns"].notna()]
-    a = f["h_handle"].to_numpy(np.float64) - f["h_unc"].fillna(0).to_numpy()
+    a = f["h_handle"].to_numpy(np.float64) - f.get("h_handle_unc", f["h_unc"]).fillna(0).to_numpy()
     b = f["h_ack"].to_numpy(np.float64) + f["h_unc"].fillna(0).to_numpy()
     # host device flushes in progress at any time in [a, b] (issued before b, completed after a)
     ok = hf["c_ns"].notna().to_numpy()
