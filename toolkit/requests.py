@@ -198,6 +198,8 @@ def block_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> 
         "req_sector": np.where(q_d >= 0, ds[np.maximum(q_d, 0)] if len(D) else -1, -1),
         "req_nsect": np.where(q_d >= 0, (de - ds)[np.maximum(q_d, 0)] if len(D) else -1, -1),
         "d_fua": np.where(q_d >= 0, D["fua"].to_numpy()[np.maximum(q_d, 0)] if len(D) else False, False),
+        "rq_c_ns": np.where((q_d >= 0) & (d_c[np.maximum(q_d, 0)] >= 0 if len(D) else False),
+                            ct[np.maximum(d_c[np.maximum(q_d, 0)], 0)] if len(D) and len(C) else -1, -1),
     })
     # issued requests no bio points at (device flushes of the flush machinery, requests of untraced bios)
     used = np.zeros(len(D), dtype=bool)
@@ -217,6 +219,7 @@ def block_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> 
             "parent": pd.array([None] * len(orphan), dtype="Int64"), "pos": D["pos"].to_numpy()[orphan],
             "device": dev_names[dd[orphan]], "merged": False,
             "req_sector": ds[orphan], "req_nsect": (de - ds)[orphan], "d_fua": D["fua"].to_numpy()[orphan],
+            "rq_c_ns": np.where(oc >= 0, ct[np.maximum(oc, 0)] if len(C) else -1, -1),
         })
         bios = pd.concat([bios, extra], ignore_index=True)
     for c in ("q_ns", "g_ns", "d_ns", "c_ns"):
@@ -224,9 +227,14 @@ def block_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> 
         bios[c] = pd.array(np.where(v < 0, 0, v), dtype="Int64")
         bios.loc[v < 0, c] = pd.NA
     bios.loc[bios["c_ns"].isna(), "error"] = pd.NA
+    # btt's per-I/O latencies end at the completion of the issued request (for a FUA/PREFLUSH bio, its data
+    # completion, before the flush machinery's post-flush and final completion in c_ns)
+    rq_c = bios["rq_c_ns"].to_numpy()
+    bios["rq_c_ns"] = pd.array(np.where(rq_c < 0, 0, rq_c), dtype="Int64")
+    bios.loc[rq_c < 0, "rq_c_ns"] = pd.NA
     bios["q2d_ns"] = bios["d_ns"] - bios["q_ns"]
-    bios["d2c_ns"] = bios["c_ns"] - bios["d_ns"]
-    bios["q2c_ns"] = bios["c_ns"] - bios["q_ns"]
+    bios["d2c_ns"] = bios["rq_c_ns"] - bios["d_ns"]
+    bios["q2c_ns"] = bios["rq_c_ns"].fillna(bios["c_ns"]) - bios["q_ns"]
     bios["node"] = node
     bios["layer"] = layer
     bios = bios.sort_values(["q_ns", "d_ns", "pos"], kind="stable", na_position="last").reset_index(drop=True)
