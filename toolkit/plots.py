@@ -138,8 +138,8 @@ def _pack(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 def swimlanes(da, window: tuple[int, int] | None = None, violation=None, *, width: float = 11.0) -> Figure:
     """Guest, QEMU and host requests as bars on one reference timeline.
 
-    ``window``: (start_ns, end_ns) on the reference clock (default: around the violation, else the whole
-    trace). With a violation, the requests it cites are outlined and labelled, its window (the crash window) is
+    ``window``: (start_ns, end_ns) on the reference clock (default: around the violation, else the span of
+    the guest's requests). With a violation, the requests it cites are outlined and labelled, its window (the crash window) is
     shaded, and long idle stretches between its key times are cut out (one panel per cluster of times).
     Guest/QEMU flushes are orange bars; flushes of the host device are red triangles and dashed lines."""
     req = lane_requests(da)
@@ -149,8 +149,11 @@ def swimlanes(da, window: tuple[int, int] | None = None, violation=None, *, widt
         segs = [(float(window[0]), float(window[1]))]
     elif violation is not None:
         segs = _segments(evidence_times(da, violation), min_pad=200_000.0)
-    elif len(req):
-        segs = [(float(req["start_ns"].min()), float(req["end_ns"].max()))]
+    elif len(req):  # the guest's activity (else everything), padded
+        g = req[req["lane"] == "guest-block"]
+        g = g if len(g) else req
+        a, b = float(g["start_ns"].min()), float(g["end_ns"].fillna(g["start_ns"]).max())
+        segs = [(a - 0.02 * (b - a), b + 0.02 * (b - a))]
     else:
         segs = [(float(t0), float(t0) + 1e9)]
     cited = set()
@@ -206,7 +209,7 @@ def swimlanes(da, window: tuple[int, int] | None = None, violation=None, *, widt
                 ax.axvspan(_rel(max(cs, a), t0), _rel(min(ce, b), t0), color=CRASH_COLOR, alpha=0.12, zorder=0.5, lw=0)
         for f in hf.itertuples():
             if pd.notna(f.c_ns) and a <= f.c_ns <= b:
-                ax.axvline(_rel(f.c_ns, t0), color=CRASH_COLOR, ls="--", lw=0.8, zorder=1)
+                ax.axvline(_rel(f.c_ns, t0), color=CRASH_COLOR, ls="--", lw=0.8, alpha=0.6, zorder=1)
         s = sub[(sub["start_ns"] <= b) & (sub["end_fill"] >= a)]
         for op, grp in s.groupby("op"):
             st = grp["start_ns"].to_numpy()

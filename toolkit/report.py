@@ -170,8 +170,11 @@ def verdict_html(res, shown: list[tuple[int, object]], *, disk: str | None = Non
 def header_html(sa) -> str:
     ts = sa.ts
     desc = f"<p>{esc(ts.description)}</p>" if ts.description else ""
+    root = Path(ts.root).resolve()
+    if root.is_relative_to(PKG.parent):  # a bundled set: its path in the repository
+        root = root.relative_to(PKG.parent)
     return (f"<h1>writeorder postmortem: {esc(ts.name)}</h1>{desc}"
-            f'<p class="wo-muted">set folder: <code>{esc(ts.root)}</code></p>')
+            f'<p class="wo-muted">set folder: <code>{esc(root)}</code></p>')
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -314,7 +317,7 @@ def more_html(shown: list[tuple[int, object]], n: int) -> str:
 
 
 def overview_caption_html(da, window: str | None) -> str:
-    where = f"window {esc(window)} s" if window else "the whole trace"
+    where = f"the window {esc(window)} s" if window else "the span of the guest's requests"
     return f"<p>No violation to zoom on: requests of disk {esc(da.name)} over {where}.</p>"
 
 
@@ -476,12 +479,13 @@ def export_html(nb, title: str) -> str:
     return body
 
 
-def run_report(set_path: str | Path, out: str | Path, params: dict | None = None) -> ReportResult:
+def run_report(set_path: str | Path, out: str | Path, params: dict | None = None, *,
+               executed_copy: str | Path | None = None) -> ReportResult:
     """Execute the postmortem notebook for one set and write ``out`` (HTML) and ``out``'s ``.check.json``.
 
     ``params``: window ("START:END" s), disk, min_severity, max_zooms. Raises TraceError/ValueError on bad
     input; a failing notebook raises papermill's PapermillExecutionError (the executed notebook is kept beside
-    ``out`` as ``.failed.ipynb``)."""
+    ``out`` as ``.failed.ipynb``). ``executed_copy``: also keep the executed notebook there."""
     import nbformat
     import papermill as pm
 
@@ -500,6 +504,8 @@ def run_report(set_path: str | Path, out: str | Path, params: dict | None = None
                 (out.with_suffix(".failed.ipynb")).write_bytes(executed.read_bytes())
             raise
         nb = nbformat.read(executed, as_version=4)
+        if executed_copy is not None:
+            Path(executed_copy).write_bytes(executed.read_bytes())
     doc_path = out.with_suffix(".check.json")
     doc = json.loads(doc_path.read_text(encoding="utf-8")) if doc_path.exists() else {}
     rep = doc.get("report", {})
@@ -534,8 +540,10 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
 """
 
 
-def batch(sets: list[str], out_dir: str | Path, params: dict | None = None) -> list[ReportResult]:
-    """One report per set into ``out_dir`` plus ``index.html``; a set that fails is listed as failed."""
+def batch(sets: list[str], out_dir: str | Path, params: dict | None = None, *,
+          keep_notebooks: bool = False) -> list[ReportResult]:
+    """One report per set into ``out_dir`` plus ``index.html``; a set that fails is listed as failed.
+    ``keep_notebooks``: keep each executed notebook beside its report (``.ipynb``)."""
     import papermill as pm
 
     out_dir = Path(out_dir)
@@ -549,7 +557,8 @@ def batch(sets: list[str], out_dir: str | Path, params: dict | None = None) -> l
         used.add(stem)
         _progress(f"[{i}/{len(sets)}] {name} …")
         try:
-            r = run_report(s, out_dir / f"{stem}.html", params)
+            r = run_report(s, out_dir / f"{stem}.html", params,
+                           executed_copy=out_dir / f"{stem}.ipynb" if keep_notebooks else None)
         except (pm.PapermillExecutionError, TraceError, ValueError) as e:
             r = ReportResult(s, out_dir / f"{stem}.html", name=name, error=_one_line(e))
         results.append(r)
