@@ -108,20 +108,27 @@ def carried_durable(gw: pd.DataFrame, hw: pd.DataFrame) -> pd.DataFrame:
     G = pd.DataFrame({"wid": gw["wid"].to_numpy()[gi], "seg": gseg, "t": gw["t_from"].to_numpy(np.int64)[gi]})
     G = G.sort_values("t", kind="stable")
     Hs = H.sort_values("q_ns", kind="stable")
-    m = pd.merge_asof(G, Hs[["seg", "q_ns", "sdur", "srid", "rid"]], left_on="t", right_on="q_ns", by="seg",
-                      direction="forward")
-    m["sdur"] = m["sdur"].fillna(NEVER).astype(np.int64)
-    m["q_ns"] = m["q_ns"].fillna(NEVER).astype(np.int64)
-    m["srid"] = m["srid"].fillna(-1).astype(np.int64)
-    m["rid"] = m["rid"].fillna(-1).astype(np.int64)
+    # nullable integers through the join: a float NaN would round NEVER (2**63 - 1) out of int64 range
+    right = Hs[["seg", "q_ns", "sdur", "srid", "rid"]].astype({"sdur": "Int64", "srid": "Int64", "rid": "Int64"})
+    right = right.assign(qq=right["q_ns"].astype("Int64"))
+    m = pd.merge_asof(G, right, left_on="t", right_on="q_ns", by="seg", direction="forward")
+    m["sdur"] = m["sdur"].astype("Int64").fillna(NEVER).astype(np.int64)
+    m["q_ns"] = m["qq"].astype("Int64").fillna(NEVER).astype(np.int64)
+    m["srid"] = m["srid"].astype("Int64").fillna(-1).astype(np.int64)
+    m["rid"] = m["rid"].astype("Int64").fillna(-1).astype(np.int64)
     m = m.sort_values(["wid", "sdur"], kind="stable")
     last = m.groupby("wid").tail(1).set_index("wid")
     firstq = m.sort_values(["wid", "q_ns"], kind="stable").groupby("wid").head(1).set_index("wid")
     out = pd.DataFrame({"wid": wids})
-    out["durable_ns"] = out["wid"].map(last["sdur"]).fillna(NEVER).astype(np.int64)
-    out["via_rid"] = out["wid"].map(last["srid"]).fillna(-1).astype(np.int64)
-    out["first_q_ns"] = out["wid"].map(firstq["q_ns"]).fillna(NEVER).astype(np.int64)
-    out["first_rid"] = out["wid"].map(firstq["rid"]).fillna(-1).astype(np.int64)
+
+    def take(tbl: pd.DataFrame, col: str, default: int) -> np.ndarray:
+        pos = pd.Index(tbl.index).get_indexer(wids)
+        return np.where(pos >= 0, tbl[col].to_numpy(np.int64)[np.maximum(pos, 0)], default)
+
+    out["durable_ns"] = take(last, "sdur", NEVER)
+    out["via_rid"] = take(last, "srid", -1)
+    out["first_q_ns"] = take(firstq, "q_ns", NEVER)
+    out["first_rid"] = take(firstq, "rid", -1)
     return out
 
 
