@@ -152,3 +152,22 @@ def test_header_checks(tmp_path):
     p.write_bytes(struct.pack("=QQQ", qemu_simple.HEADER_EVENT_ID, qemu_simple.MAGIC, 3))
     with pytest.raises(Exception, match="version 3"):
         qemu_simple.parse(p)
+
+
+def test_args_text_false_keeps_typed_columns(tmp_path, te_file):
+    names = {0: "runstate_set", 5: "thread_pool_complete", 7: "migrate_set_state", 8: "savevm_state_iterate"}
+    recs = [(5, 1, 9, [0x55, 0x10, 0x7F00, -1]), (7, 2, 9, ["setup"]), (0, 3, 9, [9, "running", 7, "paused"]),
+            (8, 4, 9, []), (5, 5, 9, [0x55, 0x11, 0x7F00, 0])]
+    p = tmp_path / "t"
+    qemu_simple.write(p, names, recs)
+    full = qemu_simple.parse(p, trace_events=te_file).events
+    bare = qemu_simple.parse(p, trace_events=te_file, args_text=False).events
+    assert full["args"].tolist() == ["pool=0x55 req=0x10 opaque=0x7f00 ret=0xffffffffffffffff", "new_state=setup",
+                                     "current_state=0x9 current_state_str=running new_state=0x7 new_state_str=paused",
+                                     "", "pool=0x55 req=0x11 opaque=0x7f00 ret=0x0"]
+    # without text: null for rows with integer arguments, strings-only and empty ones as written
+    assert bare["args"].isna().tolist() == [True, False, True, False, True]
+    assert bare["args"].iloc[1] == "new_state=setup" and bare["args"].iloc[3] == ""
+    for c in ("req", "opaque", "ret", "state", "event", "time_ns", "pos"):
+        assert bare[c].equals(full[c]), c
+    assert full["ret"].tolist()[::4] == [-1, 0]

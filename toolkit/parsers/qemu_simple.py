@@ -67,7 +67,11 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
                   "dropped_records": 0, "dropped_events": 0, "unknown_events": [], "truncated": [], "notes": notes}
     for path in paths:
         name = fileio.display_name(path, base)
-        data, cut = fileio.read_bytes(path)
+        if fileio.compression(path) is None:
+            with open(path, "rb") as f:
+                data, cut = f.read(), False
+        else:
+            data, cut = fileio.read_bytes(path)
         ev, rej, m = _parse_one(data, name, decls, args_text)
         if cut:
             m["truncated"].append({"file": name, "offset": len(data), "reason": "compressed stream ends early"})
@@ -104,46 +108,28 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
         raise fileio.TraceError(f"{file}: byte 16: simple trace format version {version} (only 4 is supported)")
     meta["byte_order"] = "little" if order == "<" else "big"
     L = len(data)
-    u32 = np.dtype(order + "u4")
     u64 = np.dtype(order + "u8")
+    buf = np.frombuffer(data, dtype=np.uint8)
     names: dict[int, str] = {}
-    # fixed-size records found by the chain scan: start offsets; the rest: (pos, id, ts, pid, values) one by one
-    fast_starts: list[np.ndarray] = []
-    slow: list[tuple[int, int, int, int, list]] = []
     rejects: list[tuple[int, int, str, str]] = []
-    string_ids: set[int] = set()  # event ids whose declaration has a string argument: always read one by one
-
-    def decl_for(eid: int) -> list[te.Arg] | None:
-        n = names.get(eid)
-        return None if decls is None or n is None else decls.get(n)
-
-    cls_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    pid0: list[int | None] = [None]
-
-    def candidates(r: int) -> tuple[np.ndarray, np.ndarray]:
-        """Plausible event-record starts in residue class r (mod 8), and their record sizes."""
-        if r in cls_cache:
-            return cls_cache[r]
-        cnt = (L - r) // 8
-        w = np.frombuffer(data, dtype=u64, count=cnt, offset=r)
-        if cnt < 4:
-            res = (np.array([], np.int64), np.array([], np.int64))
-        else:
-            typ, eid = w[:-3], w[1:-2]
-            lp = np.frombuffer(data, dtype=u32, count=2 * cnt, offset=r)
-            length = lp[6::2][: cnt - 3].astype(np.int64)
-            pid = lp[7::2][: cnt - 3]
-            ok = (typ == REC_EVENT) & ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24)
-            del pid  # not required equal: the chain check below rejects false starts
-            starts = r + 8 * np.flatnonzero(ok).astype(np.int64)
-            size = 8 + length[ok]
-            keep = starts + size <= L
-            res = (starts[keep], size[keep])
-        cls_cache[r] = res
-        return res
-
+    # every plausible event-record start at any byte offset (a u64 1, a small id, a length that fits), sorted
+    c_pos, c_nxt = _candidates(data, buf, order, u64)
+    # runs of candidates that chain (each one's end is the next one's start): the walk jumps over whole runs
+    nc = len(c_pos)
+    chained = np.zeros(nc, dtype=bool)
+    if nc > 1:
+        chained[:-1] = c_nxt[:-1] == c_pos[1:]
+    brk = np.flatnonzero(~chained)  # last index of each chained run
+    runs: list[tuple[int, int]] = []  # [i, j) candidate index ranges that are records
+    single: list[int] = []  # event records read one by one (outside the candidates)
     p = 24
     while p < L:
+        i = int(np.searchsorted(c_pos, p))
+        if i < nc and c_pos[i] == p:
+            b = int(brk[np.searchsorted(brk, i)])
+            runs.append((i, b + 1))
+            p = int(c_nxt[b])
+            continue
         if p + 8 > L:
             rejects.append((p, L - p, "truncated record", data[p:L].hex()))
             meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
@@ -159,16 +145,13 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
                 rejects.append((p, L - p, "truncated record", data[p:L].hex()))
                 meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
                 break
-            nm = data[p + 20:p + 20 + nlen].decode("utf-8", errors="replace")
-            names[eid] = nm
-            d = decls.get(nm) if decls is not None else None
-            if d is not None and any(a.is_string for a in d):
-                string_ids.add(eid)
+            names[eid] = data[p + 20:p + 20 + nlen].decode("utf-8", errors="replace")
             p += 20 + nlen
             continue
         if rtype != REC_EVENT:
             # not a record start: skip to the next plausible record (or the end) and reject the bytes between
-            nxt = _next_candidate(candidates, p + 1, L)
+            j = int(np.searchsorted(c_pos, p + 1))
+            nxt = int(c_pos[j]) if j < nc else L
             rejects.append((p, nxt - p, f"unknown record type {rtype}", data[p:min(nxt, p + 64)].hex()))
             p = nxt
             continue
@@ -177,71 +160,65 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
             meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
             break
         eid, ts, length, pid = struct.unpack_from(order + "QQII", data, p + 8)
-        if pid0[0] is None:
-            pid0[0] = pid
-            cls_cache.clear()
         if length < 24 or p + 8 + length > L:
             rejects.append((p, L - p, "truncated record", data[p:min(L, p + 64)].hex()))
             meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
             break
-        if eid not in string_ids:
-            # chain scan: the run of fixed-size records starting here
-            starts, sizes = candidates(p % 8)
-            i = int(np.searchsorted(starts, p))
-            if i < len(starts) and starts[i] == p:
-                j = i
-                step = 4096
-                while j < len(starts):
-                    c = starts[j:j + step]
-                    s = sizes[j:j + step]
-                    nxt = c + s
-                    link = nxt[:-1] == c[1:]
-                    bad = np.flatnonzero(~link)
-                    if len(bad):
-                        j += int(bad[0]) + 1
-                        break
-                    j += len(c)
-                    if j < len(starts) and starts[j] != nxt[-1]:
-                        break
-                run = starts[i:j]
-                run_ids = _read_u64(data, run + 8, u64)
-                if string_ids:
-                    hit = np.flatnonzero(np.isin(run_ids, list(string_ids)))
-                    if len(hit):  # stop the run before a record with string args
-                        run = run[:hit[0]]
-                if len(run):
-                    fast_starts.append(run)
-                    p = int(run[-1] + sizes[i + len(run) - 1])
-                    continue
-        # one record, read on its own
-        body = data[p + 32:p + 8 + length]
-        vals = _decode_slow(body, decl_for(eid), order, eid)
-        slow.append((p, eid, ts, pid, vals))
+        single.append(p)
         p += 8 + length
-
-    starts = np.concatenate(fast_starts) if fast_starts else np.array([], np.int64)
-    ev = _build(data, starts, slow, names, decls, u64, file, meta, args_text)
+    parts = [c_pos[i:j] for i, j in runs] + [np.array(single, dtype=np.int64)]
+    starts = np.sort(np.concatenate(parts)) if single else np.concatenate(parts)
+    ev = _build(data, buf, starts, names, decls, order, u64, file, meta, args_text)
     return ev, reject_rows(file, rejects), meta
 
 
-def _next_candidate(candidates, p: int, L: int) -> int:
-    best = L
+def _candidates(data: bytes, buf: np.ndarray, order: str, u64: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets (sorted) where an event record may start, and where it would end (every alignment)."""
+    L = len(data)
+    ps, ns = [], []
+    big = _big(u64)
     for r in range(8):
-        st, _ = candidates(r)
-        i = int(np.searchsorted(st, p))
-        if i < len(st):
-            best = min(best, int(st[i]))
-    return best
+        cnt = (L - r) // 8
+        if cnt < 4:
+            continue
+        w = np.frombuffer(data, dtype=u64, count=cnt, offset=r)
+        i = np.flatnonzero(w[:cnt - 3] == REC_EVENT)
+        eid = w[i + 1]
+        lp = w[i + 3]
+        length = ((lp >> np.uint64(32)) if big else (lp & np.uint64(0xFFFFFFFF))).astype(np.int64)
+        pos = r + 8 * i.astype(np.int64)
+        nxt = pos + 8 + length
+        ok = ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24) & (nxt <= L) & (pos >= 24)
+        ps.append(pos[ok])
+        ns.append(nxt[ok])
+    if not ps:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pos = np.concatenate(ps)
+    nxt = np.concatenate(ns)
+    o = np.argsort(pos, kind="stable")
+    return pos[o], nxt[o]
+
+
+def _big(u64: np.dtype) -> bool:
+    return u64.byteorder == ">" or (u64.byteorder == "=" and not np.little_endian)
 
 
 def _read_u64(data: bytes, offs: np.ndarray, u64: np.dtype) -> np.ndarray:
     """u64 values at byte offsets ``offs`` (any alignment)."""
+    offs = np.asarray(offs, dtype=np.int64)
     out = np.empty(len(offs), dtype=np.uint64)
-    rs = offs % 8
+    if not len(offs):
+        return out
+    rs = offs & 7
+    r0 = int(rs[0])
+    if (rs == r0).all():
+        w = np.frombuffer(data, dtype=u64, count=(len(data) - r0) // 8, offset=r0)
+        out[:] = w[offs >> 3]
+        return out
     for r in np.unique(rs):
         sel = rs == r
         w = np.frombuffer(data, dtype=u64, count=(len(data) - int(r)) // 8, offset=int(r))
-        out[sel] = w[(offs[sel] - r) // 8]
+        out[sel] = w[offs[sel] >> 3]
     return out
 
 
@@ -264,10 +241,6 @@ def _decode_slow(body: bytes, decl: list[te.Arg] | None, order: str, eid: int) -
     return out
 
 
-def _arg(vals: list, j: int):
-    return vals[j] if j < len(vals) else None
-
-
 def _sign(v: np.ndarray, bits: int) -> np.ndarray:
     """Sign-extend u64 values from ``bits`` wide signed C types; returns int64."""
     v = np.asarray(v, dtype=np.uint64)
@@ -278,60 +251,118 @@ def _sign(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(x >= (1 << (bits - 1)), x - (1 << bits), x)
 
 
-def _hex(v: np.ndarray) -> pa.Array:
-    """``0x...`` strings (lowercase, no leading zeros) of u64 values, vectorised."""
-    v = np.asarray(v, dtype=np.uint64)
-    n = len(v)
-    if n == 0:
-        return pa.array([], pa.string())
-    shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    nib = ((v[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.uint8)
-    chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nib]
-    nz = nib != 0
-    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 15)
-    keep = np.arange(16)[None, :] >= first[:, None]
-    nd = 16 - first
-    full = np.empty((n, 18), dtype=np.uint8)
-    full[:, 0] = ord("0")
-    full[:, 1] = ord("x")
-    full[:, 2:] = chars
-    keep2 = np.ones((n, 18), dtype=bool)
-    keep2[:, 2:] = keep
-    content = full[keep2]
-    offs = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(nd + 2, out=offs[1:])
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offs), pa.py_buffer(content))
+_HEX2 = np.array([ord(a) | (ord(b) << 8) for a in "0123456789abcdef" for b in "0123456789abcdef"], dtype=np.uint16)
 
 
-def _build(data: bytes, starts: np.ndarray, slow: list, names: dict[int, str], decls, u64: np.dtype, file: str,
-           meta: dict, args_text: bool = True) -> pd.DataFrame:
-    """QEMU_EVENTS rows from the fast record starts and the records read one by one, in file order."""
-    n_fast = len(starts)
-    pos = np.concatenate([starts, np.array([s[0] for s in slow], dtype=np.int64)])
-    eid = np.concatenate([_read_u64(data, starts + 8, u64), np.array([s[1] for s in slow], dtype=np.uint64)])
-    ts = np.concatenate([_read_u64(data, starts + 16, u64), np.array([s[2] for s in slow], dtype=np.uint64)])
-    lp = _read_u64(data, starts + 24, u64)
-    if u64.byteorder == ">" or (u64.byteorder == "=" and not np.little_endian):
+def _hex_digits(v: np.ndarray) -> np.ndarray:
+    """Number of hex digits of each u64 (1 for 0)."""
+    hi = (v >> np.uint64(32)).astype(np.float64)
+    lo = (v & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    bits = np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1])
+    return np.maximum((bits + 3) >> 2, 1).astype(np.int64)
+
+
+def _hex16(v: np.ndarray) -> np.ndarray:
+    """16 zero-padded lowercase hex digits per value: (n, 16) uint8."""
+    b = np.ascontiguousarray(v.astype(">u8")).view(np.uint8).reshape(len(v), 8)
+    return _HEX2[b].view(np.uint8)
+
+
+def _ranges_text(flat: np.ndarray, a: list[np.ndarray], b: list[np.ndarray]) -> pa.Array:
+    """One string per row: the concatenation of flat[a[j][r]:b[j][r]] over j (ranges increasing in the buffer)."""
+    n = len(a[0])
+    k = len(a)
+    bnd = np.empty((n, 2 * k), dtype=np.int64)
+    for j in range(k):
+        bnd[:, 2 * j] = a[j]
+        bnd[:, 2 * j + 1] = b[j]
+    bnd = bnd.reshape(-1)
+    m = len(bnd)
+    whole = pa.LargeStringArray.from_buffers(m - 1, pa.py_buffer(bnd), pa.py_buffer(flat))
+    keep = np.zeros(m - 1, dtype=bool)
+    keep[0::2] = True
+    parts = whole.filter(pa.array(keep))
+    data = parts.buffers()[2]
+    rl = np.zeros(n, dtype=np.int64)
+    for j in range(k):
+        rl += b[j] - a[j]
+    offs = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(rl, out=offs[1:])
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offs), data)
+
+
+class _Words:
+    """Aligned u64 views of the data, one per byte offset mod 8."""
+
+    def __init__(self, data: bytes, u64: np.dtype):
+        self.w = [np.frombuffer(data, dtype=u64, count=(len(data) - r) // 8, offset=r) for r in range(8)]
+
+    def read(self, rows: np.ndarray, rbounds: np.ndarray, q: np.ndarray, word: int,
+             valid: np.ndarray | None = None) -> np.ndarray:
+        """u64 number ``word`` of the records ``rows`` (sorted by alignment, blocks ``rbounds``); 0 where not valid."""
+        out = np.zeros(len(rows), dtype=np.uint64)
+        for r in range(8):
+            a, b = int(rbounds[r]), int(rbounds[r + 1])
+            if a == b:
+                continue
+            idx = q[rows[a:b]] + word
+            if valid is None:
+                out[a:b] = self.w[r][idx]
+            else:
+                vb = valid[a:b]
+                out[a:b][vb] = self.w[r][idx[vb]]
+        return out
+
+
+class _Group:
+    """Rows of one event id with their argument layout."""
+
+    def __init__(self, name: str, decl: list[te.Arg], rows: np.ndarray):
+        self.name, self.decl, self.rows = name, decl, rows
+        self.strings = any(a.is_string for a in decl)
+        self.values: list[tuple[np.ndarray, np.ndarray]] = []  # int args: (u64 values, valid)
+        self.slow_vals: list[list] = []  # string events: the values of each record
+
+
+def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, str], decls, order: str,
+           u64: np.dtype, file: str, meta: dict, args_text: bool = True) -> pd.DataFrame:
+    """QEMU_EVENTS rows from the event record starts (file order)."""
+    k = len(starts)
+    W = _Words(data, u64)
+    res = (starts & 7).astype(np.int8)
+    q = starts >> 3
+    rb = np.argsort(res, kind="stable")
+    rbounds = np.searchsorted(res[rb], np.arange(9))
+    eid, ts, lp = (np.empty(k, dtype=np.uint64) for _ in range(3))
+    eid[rb] = W.read(rb, rbounds, q, 1)
+    ts[rb] = W.read(rb, rbounds, q, 2)
+    lp[rb] = W.read(rb, rbounds, q, 3)
+    if _big(u64):
         length, pid = (lp >> np.uint64(32)), (lp & np.uint64(0xFFFFFFFF))
     else:
         length, pid = (lp & np.uint64(0xFFFFFFFF)), (lp >> np.uint64(32))
-    pid = np.concatenate([pid, np.array([s[3] for s in slow], dtype=np.uint64)]).astype(np.int64)
-    nargs_fast = ((length.astype(np.int64) - 24) // 8)
-    order = np.argsort(pos, kind="stable")
-    k = len(pos)
-    ids = np.unique(eid)
-    ev_name = np.empty(k, dtype=object)
-    args_text = pa.nulls(k, pa.string())
-    text_parts: list[tuple[np.ndarray, pa.Array]] = []
+    length = length.astype(np.int64)
+    pid = pid.astype(np.int64)
+    nargs = (length - 24) // 8
+    # group rows by event id, and within one by the record's alignment (aligned u64 reads)
+    ids, code = np.unique(eid, return_inverse=True)
+    code = code.reshape(-1)
+    key = code.astype(np.int64) * 8 + res
+    key = key.astype(np.int16) if len(ids) * 8 < 2**15 else key
+    by = np.argsort(key, kind="stable")
+    kb = np.searchsorted(key[by], np.arange(len(ids) * 8 + 1))
+    bounds = kb[::8]
     typed: dict[str, tuple[np.ndarray, np.ndarray]] = {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS
                                                                   else np.int64), np.ones(k, bool))
                                                        for c in (*POINTER_COLUMNS, *INT_COLUMNS)}
-    state = np.full(k, None, dtype=object)
-    is_slow = np.zeros(k, dtype=bool)
-    is_slow[n_fast:] = True
-    for i in ids:
+    state_rows: list[np.ndarray] = []
+    state_vals: list = []
+    ev_names: list[str] = []
+    groups: list[_Group] = []
+    for gi, i in enumerate(ids):
         i = int(i)
-        rows = np.flatnonzero(eid == i)
+        rows = by[bounds[gi]:bounds[gi + 1]]
+        gres = kb[gi * 8:gi * 8 + 9] - bounds[gi]  # residue blocks within the group's rows
         if i == DROPPED_EVENT_ID:
             nm = "dropped"
         else:
@@ -339,80 +370,144 @@ def _build(data: bytes, starts: np.ndarray, slow: list, names: dict[int, str], d
             if nm is None:
                 nm = f"event_{i}"
                 meta["unknown_events"].append(nm)
-        ev_name[rows] = nm
+        ev_names.append(nm)
         decl = decls.get(nm) if decls is not None else None
         if nm == "dropped":
             decl = [te.Arg("uint64_t", "num_events_dropped")]
         elif decl is None and decls is not None and nm not in meta["unknown_events"]:
             meta["unknown_events"].append(nm)
-        fr = rows[~is_slow[rows]]
-        sr = rows[is_slow[rows]]
-        rr = np.concatenate([fr, sr])  # every per-argument array below is in this order
-        nf = len(fr)
         if decl is None:
-            na = int(nargs_fast[fr].max()) if nf else max((len(slow[r - n_fast][4]) for r in sr), default=0)
-            decl_use = [te.Arg("uint64_t", f"arg{j}") for j in range(na)]
-        else:
-            decl_use = decl
-        pieces: list = []
-        for j, a in enumerate(decl_use):
-            pieces.append(pa.scalar(f" {a.name}=" if j else f"{a.name}="))
+            decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nargs[rows].max()))]
+        g = _Group(nm, decl, rows)
+        groups.append(g)
+        if g.strings:  # variable layout: each record on its own
+            st = starts[rows]
+            g.slow_vals = [_decode_slow(data[int(p) + 32:int(p) + 8 + int(n)], decl, order, i)
+                           for p, n in zip(st, length[rows], strict=True)]
+        for j, a in enumerate(decl):
             if a.is_string:
-                vals_s = [None] * nf + [_arg(slow[r - n_fast][4], j) for r in sr]
-                pieces.append(pc.fill_null(pa.array(vals_s, pa.string()), ""))
                 if STATE_ARGS.get(nm) == a.name:
-                    state[rr] = vals_s
+                    state_rows.append(rows)
+                    state_vals += [vals[j] if j < len(vals) else None for vals in g.slow_vals]
+                g.values.append((np.zeros(0, np.uint64), np.zeros(0, bool)))
                 continue
-            v = np.zeros(len(rr), dtype=np.uint64)
-            valid = np.ones(len(rr), dtype=bool)
-            if nf:
-                has = nargs_fast[fr] > j
-                v[:nf][has] = _read_u64(data, starts[fr[has]] + 32 + 8 * j, u64)
-                valid[:nf] = has
-            for q, r in enumerate(sr):
-                x = _arg(slow[r - n_fast][4], j)
-                if isinstance(x, int):
-                    v[nf + q] = x
-                else:
-                    valid[nf + q] = False
+            if g.strings:
+                x = [vals[j] if j < len(vals) else None for vals in g.slow_vals]
+                valid = np.array([isinstance(y, int) for y in x], dtype=bool)
+                v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
+            else:
+                valid = nargs[rows] > j
+                v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid)
+            g.values.append((v, valid))
             col = ARG_COLUMNS.get(a.name)
             if col is not None:
                 dat, msk = typed[col]
-                dat[rr] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
-                msk[rr] = ~valid
-            pieces.append(_hex(v) if args_text else pa.nulls(len(v), pa.string()))
-        if pieces:
-            txt = pc.binary_join_element_wise(*pieces, "")
-        else:
-            txt = pa.array([""] * len(rr), pa.string())
-        text_parts.append((rr, txt))
-    # assemble the args text in row order
-    if text_parts:
-        rows_all = np.concatenate([r for r, _ in text_parts])
-        txt_all = pa.concat_arrays([pc.cast(t, pa.string()) for _, t in text_parts])
-        inv = np.empty(k, dtype=np.int64)
-        inv[rows_all] = np.arange(len(rows_all))
-        args_text = txt_all.take(pa.array(inv))
+                dat[rows] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
+                msk[rows] = ~valid
+    args = _args_text(groups, k, args_text)
+    # categories as pd.Categorical(values) makes them: the sorted distinct names
+    uniq_sorted = sorted(set(ev_names))
+    cat_of_group = np.array([uniq_sorted.index(x) for x in ev_names], dtype=np.int64)
     cols: dict[str, object] = {
-        "time_ns": pd.arrays.IntegerArray(ts.view(np.int64)[order], np.zeros(k, bool)),
-        "tid": pd.arrays.IntegerArray(pid[order], np.zeros(k, bool)),
-        "event": pd.Categorical(ev_name[order]),
-        "args": pd.arrays.ArrowStringArray(pc.cast(args_text.take(pa.array(order)), pa.large_string()))
-        if k else pd.array([], "string"),
+        "time_ns": pd.arrays.IntegerArray(ts.view(np.int64), np.zeros(k, bool)),
+        "tid": pd.arrays.IntegerArray(pid, np.zeros(k, bool)),
+        "event": pd.Categorical.from_codes(cat_of_group[code], categories=pd.Index(uniq_sorted, dtype="str")),
+        "args": pd.arrays.ArrowStringArray(args) if k else pd.array([], "string"),
     }
     for c in (*POINTER_COLUMNS, *INT_COLUMNS):
         dat, msk = typed[c]
-        cols[c] = pd.arrays.IntegerArray(dat[order], msk[order])
-    cols["state"] = pd.array(state[order], dtype="string")
+        cols[c] = pd.arrays.IntegerArray(dat, msk)
+    cols["state"] = _sparse_strings(k, np.concatenate(state_rows) if state_rows else np.zeros(0, np.int64),
+                                    state_vals)
     cols["file"] = pd.Categorical.from_codes(np.zeros(k, dtype=np.int8), categories=[file])
-    cols["pos"] = pos[order]
+    cols["pos"] = starts
     dropped = eid == DROPPED_EVENT_ID
     meta["dropped_records"] = int(dropped.sum())
     if dropped.any():
-        meta["dropped_events"] = int(_read_u64(data, pos[dropped] + 32, u64).astype(np.int64).sum())
+        meta["dropped_events"] = int(_read_u64(data, starts[dropped] + 32, u64).astype(np.int64).sum())
         meta["notes"].append(f"{file}: {meta['dropped_records']} dropped-event records "
                              f"({meta['dropped_events']} events lost by QEMU's trace buffer)")
     return pd.DataFrame(cols)
+
+
+def _sparse_strings(k: int, rows: np.ndarray, vals: list) -> pd.api.extensions.ExtensionArray:
+    """A pandas string column of k nulls with ``vals`` (str or None) at ``rows``."""
+    if k == 0:
+        return pd.array([], dtype="string")
+    lens = np.zeros(k, dtype=np.int64)
+    valid = np.zeros(k, dtype=bool)
+    enc = [None if v is None else v.encode() for v in vals]
+    for r, b in zip(rows, enc, strict=True):
+        if b is not None:
+            lens[r] = len(b)
+            valid[r] = True
+    order = np.argsort(rows, kind="stable")
+    blob = b"".join(enc[o] for o in order if enc[o] is not None)
+    offs = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(lens, out=offs[1:])
+    arr = pa.LargeStringArray.from_buffers(k, pa.py_buffer(offs), pa.py_buffer(blob),
+                                           pa.py_buffer(np.packbits(valid, bitorder="little")),
+                                           null_count=int(k - valid.sum()))
+    return pd.arrays.ArrowStringArray(arr)
+
+
+def _args_text(groups: list[_Group], k: int, args_text: bool) -> pa.Array:
+    """The ``args`` text (``name=0x...`` pairs, strings as written) of every row, in row order.
+
+    Per event id the rows are laid out in a byte matrix at fixed columns (labels, 16 hex digits per value); the
+    text is the concatenation of the ranges that skip the leading zeros, cut out by one Arrow filter.
+    """
+    parts: list[pa.Array] = []
+    for g in groups:
+        n = len(g.rows)
+        ints = [j for j, a in enumerate(g.decl) if not a.is_string]
+        if g.strings:
+            txt = []
+            for vals in g.slow_vals:
+                pieces = []
+                null = False
+                for j, a in enumerate(g.decl):
+                    pieces.append(f" {a.name}=" if j else f"{a.name}=")
+                    x = vals[j] if j < len(vals) else None
+                    if a.is_string:
+                        pieces.append(x if isinstance(x, str) else "")
+                    elif not args_text:
+                        null = True
+                    else:
+                        pieces.append("0x%x" % (x if isinstance(x, int) else 0))
+                txt.append(None if null else "".join(pieces))
+            parts.append(pa.array(txt, pa.large_string()))
+            continue
+        if not ints:
+            parts.append(pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, np.int64)), pa.py_buffer(b"")))
+            continue
+        if not args_text:
+            parts.append(pa.nulls(n, pa.large_string()))
+            continue
+        labels = [(f" {a.name}=0x" if j else f"{a.name}=0x").encode() for j, a in enumerate(g.decl)]
+        m = len(labels)
+        width = sum(len(x) + 16 for x in labels)
+        mat = np.empty((n, width), dtype=np.uint8)
+        base = np.arange(n, dtype=np.int64) * width
+        A = [base]
+        B = [base + len(labels[0])]
+        c = 0
+        for j, lab in enumerate(labels):
+            v = g.values[j][0]
+            mat[:, c:c + len(lab)] = np.frombuffer(lab, dtype=np.uint8)
+            c += len(lab)
+            mat[:, c:c + 16] = _hex16(v)
+            c += 16
+            # range j+1: the digits of value j (no leading zeros) and the label after it
+            A.append(base + (c - _hex_digits(v)))
+            B.append(base + (c + (len(labels[j + 1]) if j + 1 < m else 0)))
+        parts.append(_ranges_text(mat.reshape(-1), A, B))
+    if not parts:
+        return pa.array([], pa.large_string())
+    txt = pa.concat_arrays(parts)
+    inv = np.empty(k, dtype=np.int64)
+    inv[np.concatenate([g.rows for g in groups])] = np.arange(k)
+    return pc.take(txt, pa.array(inv), boundscheck=False)
 
 
 def write(path: str | os.PathLike, names: dict[int, str], records: Iterable[tuple[int, int, int, list]],
