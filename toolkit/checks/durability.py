@@ -66,7 +66,9 @@ def evaluated_writes(da) -> pd.DataFrame:
     by_c = pd.Series(hf["d_ns"].to_numpy(np.int64), index=hf["c_ns"].to_numpy(np.int64))
     by_c = by_c[~by_c.index.duplicated()]
     flush_d = pd.Series(w["hd_opt_ns"].to_numpy()).map(by_c).to_numpy(np.float64)
-    arrival = w["flush_rid"].map(f["h_handle"]).to_numpy(np.float64) - unc
+    # the request that made the promise reached QEMU then: the flush, or the write itself when FUA/write-through
+    arrival = np.where(fua, w["h_handle"].to_numpy(np.float64),
+                       w["flush_rid"].map(f["h_handle"]).to_numpy(np.float64)) - unc
     caused = ~np.isnan(flush_d) & (flush_d >= arrival) & (hd_opt <= dl)
     # page cache: a host write issued while QEMU's write into the page cache was still being logged may or may
     # not carry it. A later host flush after QEMU's write had certainly completed, with no host write to those
