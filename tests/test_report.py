@@ -84,7 +84,7 @@ def test_html_self_contained_and_ordered(batch_dir, name):
              "Exposure", "Latency per layer", "Clock alignment", "Coverage", "Evidence of every violation"]
     pos = [html.find(f">{h}") for h in order]
     assert all(p > 0 for p in pos) and pos == sorted(pos), dict(zip(order, pos, strict=True))
-    assert "Migration handover" not in html  # no migration key: the section is skipped
+    assert "Migration handover" not in html  # not a migration: the section is skipped
 
 
 def test_unsafe_report_content(batch_dir):
@@ -223,10 +223,25 @@ def test_helpers():
 def test_handover_figure_from_a_migration_document():
     from toolkit import plots
 
-    mig = {"handover_ns": 2_000_000_000, "events": [
-        {"role": "source", "what": "last write", "time_ns": 1_500_000_000},
-        {"role": "destination", "what": "first write", "time_ns": 2_100_000_000}]}
+    mig = {"switchover_ns": {"source_stop": 2_000_000_000, "destination_resume": 2_010_000_000,
+                             "destination_activated": None},
+           "source_io": {"last_write": {"rid": 3, "q_ns": 1_500_000_000, "c_ns": 1_500_100_000}},
+           "clock": {"offset_ns": 5}}
+    ev = plots._events_of(mig)
+    assert {(e["label"], e["who"]) for e in ev} == {("source stop", "source"), ("destination resume", "destination"),
+                                                    ("last write q", "source"), ("last write c", "source")}
     fig = plots.handover(mig, t0=1_000_000_000)
-    assert fig is not None and len(fig.axes[0].collections) == 1
+    assert fig is not None and [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["source", "destination"]
     assert plots.handover({"ok": True}) is None
-    assert "events[1].role" in report.migration_html(mig)
+    assert "switchover_ns.source_stop" in report.migration_html(mig)
+
+
+@pytest.mark.skipif(not (TRACES / "migrate-none").exists(), reason="migration sample set not present")
+def test_migration_section_when_present(tmp_path):
+    r = report.run_report(TRACES / "migrate-none", tmp_path / "m.html")
+    html = (tmp_path / "m.html").read_text()
+    doc = json.loads((tmp_path / "m.check.json").read_text())
+    assert ("Migration handover" in html) == bool(doc.get("migration"))
+    if doc.get("migration"):
+        assert any('alt="migration handover timeline"' in m for m in re.findall(r"<img [^>]*>", html))
+    assert r.verdict

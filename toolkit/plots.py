@@ -424,51 +424,76 @@ def clock_alignment(da) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------------ migration
-def _events_of(mig: dict) -> list[dict]:
-    """Time-stamped events found in a migration document (any list of dicts with a *_ns time)."""
-    out = []
+_NOT_EVENTS = ("offset_ns", "uncertainty_ns", "drift_ns", "duration_ns", "unc_ns")
 
-    def walk(x, ctx):
+
+def _events_of(mig: dict) -> list[dict]:
+    """Time-stamped events of a migration document: every number under a key ending in ``_ns`` (or inside a
+    table whose key ends in ``_ns``), labelled by its path, on the row of source / destination when the path
+    says which."""
+    out: list[dict] = []
+
+    def who(path: list[str]) -> str:
+        for p in reversed(path):
+            for side in ("source", "destination"):
+                if p.startswith(side) or p.startswith(side[:3]):
+                    return side
+        return "migration"
+
+    def walk(x, path: list[str]) -> None:
         if isinstance(x, dict):
-            tk = next((k for k in ("time_ns", "t_ns", "at_ns", "ns") if isinstance(x.get(k), (int, float))), None)
-            if tk is None:
-                tk = next((k for k, v in x.items() if k.endswith("_ns") and isinstance(v, (int, float))
-                           and not isinstance(v, bool)), None)
-            if tk is not None:
-                label = next((str(x[k]) for k in ("what", "event", "name", "state", "label") if k in x), ctx)
-                who = next((str(x[k]) for k in ("role", "node", "side", "process") if k in x), ctx or "migration")
-                out.append({"t": float(x[tk]), "label": label, "who": who})
             for k, v in x.items():
+                k = str(k)
                 if isinstance(v, (dict, list)):
-                    walk(v, k)
-                elif k.endswith("_ns") and k != tk and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out.append({"t": float(v), "label": k[:-3].replace("_", " "), "who": ctx or "migration"})
+                    walk(v, [*path, k])
+                elif (isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_EVENTS
+                      and (k.endswith("_ns") or (path and path[-1].endswith("_ns")))):
+                    if k.endswith("_ns"):
+                        label = f"{path[-1]} {k[:-3]}" if path and len(k) <= 6 else k[:-3]
+                    else:
+                        label = k
+                    out.append({"t": float(v), "label": label.replace("_", " "), "who": who([*path, k])})
         elif isinstance(x, list):
             for v in x:
-                walk(v, ctx)
+                walk(v, path)
 
-    walk(mig, "")
+    walk(mig, [])
     return out
 
 
 def handover(mig: dict, t0: int = 0) -> Figure | None:
-    """Timeline of a migration's handover (events of the ``migration`` document of ``writeorder check --json``,
-    one row per role/node); None when the document has no time-stamped events."""
+    """Timeline of a migration's handover (time-stamped events of the ``migration`` section of
+    ``writeorder check --json``), one row per side; idle stretches are cut out. None when there is no event."""
     ev = pd.DataFrame(_events_of(mig))
     if ev.empty:
         return None
-    ev = ev.drop_duplicates().sort_values("t")
-    who = list(dict.fromkeys(ev["who"]))
-    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.6 * len(who)))
-    y = ev["who"].map({w: i for i, w in enumerate(who)})
-    x = _rel(ev["t"], t0)
-    ax.scatter(x, y, marker="|", s=300, color="#4C72B0")
-    for xi, yi, lab in zip(x, y, ev["label"], strict=True):
-        ax.annotate(plain(lab)[:40], (xi, yi), xytext=(2, 6), textcoords="offset points", fontsize=7, rotation=20)
-    ax.set_yticks(range(len(who)), [plain(w) for w in who])
-    ax.set_ylim(-0.6, len(who) - 0.2)
-    ax.set_xlabel("time (s, reference clock, from the host trace's start)")
-    ax.grid(axis="x", color="#e5e5e5", lw=0.6)
-    ax.set_title("migration handover", fontsize=10)
-    fig.tight_layout()
+    ev = ev.drop_duplicates().sort_values("t").reset_index(drop=True)
+    who = [w for w in ("source", "destination", "migration") if w in set(ev["who"])]
+    segs = _segments(list(ev["t"]), min_pad=2e6)
+    widths = [b - a for a, b in segs]
+    ratios = [max(w, max(widths) * 0.3) for w in widths]
+    fig, axes = plt.subplots(1, len(segs), figsize=(11, 1.3 + 0.9 * len(who)), sharey=True, squeeze=False,
+                             width_ratios=ratios, layout="constrained")
+    axes = axes[0]
+    colors = {"source": "#4C72B0", "destination": "#C44E52", "migration": "#555555"}
+    for k, (ax, (a, b)) in enumerate(zip(axes, segs, strict=True)):
+        e = ev[(ev["t"] >= a) & (ev["t"] <= b)]
+        for i, r in enumerate(e.itertuples()):
+            y = who.index(r.who)
+            x = _rel(r.t, t0)
+            ax.plot([x, x], [y - 0.25, y + 0.25], color=colors[r.who], lw=2)
+            ax.annotate(plain(r.label)[:40], (x, y + 0.25), xytext=(2, 2 + 9 * (i % 3)), textcoords="offset points",
+                        fontsize=7, color=colors[r.who])
+        ax.set_xlim(_rel(a, t0), _rel(b, t0))
+        ax.xaxis.set_major_formatter(_sec_formatter((b - a) / 1e9))
+        ax.xaxis.set_major_locator(MaxNLocator(max(2, int(6 * ratios[k] / sum(ratios)) + 1)))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+        if k > 0:
+            ax.spines["left"].set_visible(False)
+            ax.tick_params(axis="y", left=False)
+    axes[0].set_yticks(range(len(who)), who)
+    axes[0].set_ylim(-0.6, len(who) - 0.1)
+    axes[int(np.argmax(ratios))].set_xlabel("time (s, reference clock, from the host trace's start)", fontsize=9)
+    fig.suptitle("migration handover", fontsize=10)
     return fig

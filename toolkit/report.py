@@ -124,6 +124,26 @@ def verdict_of(summary: dict, cannot_check: list[dict]) -> tuple[str, str]:
     return "SAFE", "wo-ok"
 
 
+def unchecked(res, doc: dict | None = None) -> list[str]:
+    """Families of checks a set needs but the check result does not contain: a set with several QEMU processes
+    (a migration, or several writers) needs the migration / split-brain checks, whose results come in the
+    ``migration`` section of the check document."""
+    qemu = [t for t in res.sa.ts.traces if t.layer == "qemu"]
+    doc = res.to_json() if doc is None else doc
+    if len(qemu) > 1 and "migration" not in doc:
+        return ["migration / split-brain: the set has several QEMU processes, but the check result has no "
+                "migration section (those checks did not run)"]
+    return []
+
+
+def verdict_for(res, doc: dict | None = None) -> tuple[str, str]:
+    """The report's verdict for a CheckResult: :func:`verdict_of`, and NOT VERIFIED for :func:`unchecked`."""
+    label, css = verdict_of(res.summary(), res.cannot_check)
+    if label in ("SAFE", "SAFE (with warnings)") and unchecked(res, doc):
+        return "NOT VERIFIED", "wo-warn"
+    return label, css
+
+
 def _counts_text(summary: dict) -> str:
     parts = [f"{n} {c}" for c, n in summary.items() if n]
     return ", ".join(parts) if parts else "no violation of any class"
@@ -135,14 +155,16 @@ def verdict_html(res, shown: list[tuple[int, object]], *, disk: str | None = Non
     from toolkit.checks import CLASSES
 
     summary = res.summary()
-    label, css = verdict_of(summary, res.cannot_check)
+    label, css = verdict_for(res)
     name = esc(res.sa.ts.name)
     errors = [c for c, n in summary.items() if n and c not in WARNING_CLASSES]
     if label == "NOT SAFE":
         why = ("acknowledged writes were <b>not</b> safe: " +
                "; ".join(f"{esc(c)} ({summary[c]}×): {esc(CLASSES[c])}" for c in errors) + ".")
     elif label == "NOT VERIFIED":
-        why = "no broken promise was found, but some checks could not be made (see Coverage): this is not a pass."
+        gaps = [c["check"] for c in res.cannot_check if c.get("check") in BLOCKING_GAPS] + unchecked(res)
+        why = ("no broken promise was found, but some checks could not be made: this is not a pass. Not checked: "
+               + esc("; ".join(gaps)) + ".")
     else:
         why = ("every guest flush and FUA write was durable on the host before the guest was told so, "
                "and no write issued after a flush could overtake one it covered.")
