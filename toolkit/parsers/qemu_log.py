@@ -163,7 +163,10 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     e = nl.astype(np.int64)
     lineno = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
 
-    sp = _first_at_or_after(buf == 32, s, e)
+    spc = np.flatnonzero(buf == 32)
+    ks = np.searchsorted(spc, s)
+    ke = np.searchsorted(spc, e)
+    sp = np.where(ks < ke, spc[np.minimum(ks, max(len(spc) - 1, 0))] if len(spc) else e, e)
     co = _first_at_or_after(buf == 58, s, sp)
     at = _first_at_or_after(buf == 64, s, co)
     dot = _first_at_or_after(buf == 46, at, co)
@@ -172,13 +175,17 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     # event names: check the few distinct names, not the lines
     names = pc.dictionary_encode(_gather(buf, ev_s, sp))
     good = np.array([bool(_NAME.fullmatch(x)) for x in names.dictionary.to_pylist()], dtype=bool)
-    fast = good[names.indices.to_numpy(zero_copy_only=False)] if len(good) else np.zeros(n, bool)
+    codes = names.indices.to_numpy(zero_copy_only=False)
+    fast = good[codes] if len(good) else np.zeros(n, bool)
     li = np.flatnonzero(legacy & fast)
     if len(li):
-        parts = [_gather(buf, s[li], at[li]), _gather(buf, at[li] + 1, dot[li]), _gather(buf, dot[li] + 1, co[li])]
-        dig = np.logical_and.reduce([pc.utf8_is_digit(x).to_numpy(zero_copy_only=False) for x in parts])
+        tid_v, ok1 = _digits(buf, s[li], at[li], 18)
+        sec_v, ok2 = _digits(buf, at[li] + 1, dot[li], 18)
+        usec_v, ok3 = _digits(buf, dot[li] + 1, co[li], 9)
+        dig = ok1 & ok2 & ok3  # other digit runs (long fractions, huge numbers): the regex path
         fast[li[~dig]] = False
-        li, parts = li[dig], [x.filter(pa.array(dig)) for x in parts]
+        li, tid_v, sec_v = li[dig], tid_v[dig], sec_v[dig]
+        frac_ns = usec_v[dig] * 10 ** (9 - (co[li] - dot[li] - 1))
     fi = np.flatnonzero(fast)
     ev_name = names.take(pa.array(fi))
     args = _gather(buf, np.minimum(sp[fi] + 1, e[fi]), e[fi])
@@ -187,12 +194,13 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     tid = np.zeros(len(fi), dtype=np.int64)
     t = np.zeros(len(fi), dtype=np.int64)
     if len(li):
-        tid[lf] = pc.cast(parts[0], pa.int64()).to_numpy()
-        frac_ns = pc.cast(pc.utf8_slice_codeunits(pc.utf8_rpad(parts[2], 9, "0"), 0, 9), pa.int64()).to_numpy()
-        t[lf] = pc.cast(parts[1], pa.int64()).to_numpy() * 1_000_000_000 + frac_ns
+        tid[lf] = tid_v
+        t[lf] = sec_v * 1_000_000_000 + frac_ns
+    typed, need = _typed_fast(buf, spc, ks[fi], ke[fi], e[fi], codes[fi], names.dictionary.to_pylist())
     core = {
         "pos": lineno[fi], "time_ns": pd.arrays.IntegerArray(t, tmask.copy()),
         "tid": pd.arrays.IntegerArray(tid, tmask.copy()), "event": ev_name, "args": args,
+        "typed": typed, "need": need,
     }
     styles = {"tid@sec.usec": int(len(li)), "bare": int(len(fi) - len(li))}
 
@@ -213,6 +221,10 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
                 "event": pa.concat_arrays([pc.cast(core["event"], pa.string()), slow["event"]]).take(
                     pa.array(order)),
                 "args": pa.concat_arrays([core["args"], slow["args"]]).take(pa.array(order)),
+                "typed": {c: (np.concatenate([d, np.zeros(len(slow["pos"]), d.dtype)])[order],
+                              np.concatenate([m, np.ones(len(slow["pos"]), bool)])[order])
+                          for c, (d, m) in core["typed"].items()},
+                "need": np.concatenate([core["need"], np.ones(len(slow["pos"]), bool)])[order],
             }
     styles = {k: v for k, v in styles.items() if v}
     return _build_events(core, file), rej, n, styles
@@ -234,11 +246,144 @@ def _gather(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> pa.StringArray:
     n = len(a)
     if n == 0:
         return pa.array([], pa.string())
-    bnd = np.empty(2 * n, dtype=np.int64)
+    big = len(buf) >= 2**31
+    bnd = np.empty(2 * n, dtype=np.int64 if big else np.int32)
     bnd[0::2] = a
     bnd[1::2] = b
-    whole = pa.LargeStringArray.from_buffers(2 * n - 1, pa.py_buffer(bnd), pa.py_buffer(buf))
-    return pc.cast(whole.take(pa.array(np.arange(0, 2 * n, 2))), pa.string())
+    cls = pa.LargeStringArray if big else pa.StringArray
+    whole = cls.from_buffers(2 * n - 1, pa.py_buffer(bnd), pa.py_buffer(buf))
+    keep = np.zeros(2 * n - 1, dtype=bool)
+    keep[0::2] = True
+    out = whole.filter(pa.array(keep))
+    return pc.cast(out, pa.string()) if big else out
+
+
+def _digits(buf: np.ndarray, a: np.ndarray, b: np.ndarray, maxlen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal digit runs buf[a_i:b_i] as int64 (1..maxlen ASCII digits), and which ones are that."""
+    L = b - a
+    val = np.zeros(len(a), dtype=np.int64)
+    ok = (L >= 1) & (maxlen >= L)
+    for w in np.unique(L[ok]):
+        same = w == L
+        sel = None if same.all() else np.flatnonzero(same)
+        aa = a if sel is None else a[sel]
+        v = np.zeros(len(aa), dtype=np.int64)
+        good = np.ones(len(aa), dtype=bool)
+        for j in range(int(w)):  # one digit column at a time: 1-D gathers
+            d = buf[aa + j] - np.uint8(48)
+            good &= d <= 9
+            v *= 10
+            v += d
+        if sel is None:
+            val, ok = v, good
+        else:
+            val[sel] = v
+            ok[sel] = good
+    return val, ok
+
+
+_KEY_FIRST = np.zeros(256, dtype=bool)  # a value token starts with one of these, a key never does
+for _c in b"0123456789-(":
+    _KEY_FIRST[_c] = True
+
+
+def _typed_fast(buf: np.ndarray, spc: np.ndarray, ks: np.ndarray, ke: np.ndarray, e: np.ndarray, codes: np.ndarray,
+                names: list[str]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Typed columns of event lines with the argument layout of the first line of the same event name.
+
+    QEMU writes one event always with the same format, so its keys sit at the same token positions. A line is
+    taken when it has as many tokens, the same literal tokens (keys and other words) byte for byte, and a
+    number-like token (digit, '-' or '(' first) wherever the first line has one; then the general rule (first
+    occurrence of a key, value = next token) gives the same columns. Returns (columns, rows left to the general
+    path).
+    """
+    k = len(ks)
+    cols = list(dict.fromkeys(ARG_COLUMNS.values()))
+    out = {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS else np.int64), np.ones(k, bool)) for c in cols}
+    need = np.ones(k, dtype=bool)
+    if k == 0:
+        return out, need
+    nsp = ke - ks
+    by = np.argsort(codes, kind="stable")
+    cnt = np.bincount(codes, minlength=len(names))
+    bounds = np.zeros(len(cnt) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=bounds[1:])
+    nspc = len(spc)
+    for c in range(len(cnt)):
+        rows = by[bounds[c]:bounds[c + 1]]
+        if not len(rows):
+            continue
+        r0 = int(rows[0])
+        ntok = int(nsp[r0])
+        if ntok == 0:  # no arguments: nothing typed
+            need[rows] = False
+            continue
+        rows = rows[nsp[rows] == ntok]
+        kk = ks[rows]
+        # token t of each row: [spc[ks + t] + 1, spc[ks + t + 1]) (the last one ends at the line end)
+        tst = [spc[kk + t] + 1 for t in range(ntok)]
+        ten = [spc[np.minimum(kk + t + 1, nspc - 1)] if t + 1 < ntok else e[rows] for t in range(ntok)]
+        toks = [bytes(buf[tst[t][0]:ten[t][0]]) for t in range(ntok)]
+        numlike = [len(x) > 0 and x[0] in b"0123456789-(" for x in toks]
+        ok = np.ones(len(rows), dtype=bool)
+        for t, x in enumerate(toks):
+            if numlike[t]:
+                ok &= _KEY_FIRST[buf[tst[t]]] & (ten[t] > tst[t])
+            else:
+                ok &= (ten[t] - tst[t]) == len(x)
+                for m, ch in enumerate(x):
+                    ok &= buf[np.minimum(tst[t] + m, len(buf) - 1)] == ch
+        rows = rows[ok]
+        if not len(rows):
+            continue
+        need[rows] = False
+        # the general rule on the first line: first occurrence of each column's keys, not the last token
+        seen: set[str] = set()
+        for t, x in enumerate(toks[:-1]):
+            col = ARG_COLUMNS.get(x.decode("utf-8", "replace")) if not numlike[t] else None
+            if col is None or col in seen:
+                continue
+            seen.add(col)
+            d, msk = out[col]
+            if not numlike[t + 1]:  # a constant word: as the general path reads it
+                v, valid = parse_ints(pa.array([toks[t + 1].decode("utf-8", "replace")]), unsigned=True)
+                d[rows] = v[0] if col in POINTER_COLUMNS else np.uint64(v[0]).view(np.int64)
+                msk[rows] = not valid[0]
+                continue
+            v, valid = _parse_tokens(buf, tst[t + 1][ok], ten[t + 1][ok])
+            d[rows] = v if col in POINTER_COLUMNS else v.view(np.int64)
+            msk[rows] = ~valid
+    return out, need
+
+
+def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """parse_ints(unsigned=True) of the tokens buf[a_i:b_i]: Arrow's cast for the plain forms, else the general."""
+    n = len(a)
+    out = np.zeros(n, dtype=np.uint64)
+    valid = np.zeros(n, dtype=bool)
+    L = b - a
+    c0 = buf[a]
+    c1 = buf[np.minimum(a + 1, len(buf) - 1)]
+    hexf = (c0 == 48) & (c1 == 120) & (L >= 3) & (L <= 18)
+    decf = (((c0 >= 48) & (c0 <= 57)) | ((c0 == 45) & (L >= 2))) & (c1 != 120) & (c1 != 88) & (L <= 18)
+    other = ~(hexf | decf)
+    for sel_mask, typ in ((hexf, pa.uint64()), (decf, pa.int64())):
+        sel = np.flatnonzero(sel_mask)
+        if not len(sel):
+            continue
+        tok = _gather(buf, a[sel], b[sel])
+        try:
+            v = pc.cast(tok, typ).to_numpy(zero_copy_only=False)
+            out[sel] = v.astype(np.uint64) if typ == pa.int64() else v
+            valid[sel] = True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            other |= sel_mask
+    sel = np.flatnonzero(other)
+    if len(sel):
+        v, ok = parse_ints(_gather(buf, a[sel], b[sel]), unsigned=True)
+        out[sel] = v
+        valid[sel] = ok
+    return out, valid
 
 
 def _gather_int(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -299,7 +444,21 @@ def _build_events(core: dict, file: str) -> pd.DataFrame:
         "time_ns": core["time_ns"], "tid": core["tid"], "event": ev.to_pandas(),
         "args": pd.arrays.ArrowStringArray(pc.cast(args, pa.large_string())) if k else pd.array([], "string"),
     }
-    typed = _typed_args(args, k)
+    pre = core.get("typed")
+    if pre is None:
+        typed = _typed_args(args, k)
+    else:
+        need = np.flatnonzero(core["need"])
+        typed = {c: pd.arrays.IntegerArray(d, m) for c, (d, m) in pre.items()}
+        if len(need):
+            rest = _typed_args(args.take(pa.array(need)), len(need))
+            for c, arr in rest.items():
+                d, m = pre[c]
+                d[need] = arr.to_numpy(dtype=d.dtype, na_value=0)
+                m[need] = arr.isna()
+            for c in pre:
+                if c not in rest:
+                    pre[c][1][need] = True
     for c in POINTER_COLUMNS:
         cols[c] = typed.get(c) or pd.arrays.IntegerArray(np.zeros(k, np.uint64), np.ones(k, bool))
     for c in INT_COLUMNS:
