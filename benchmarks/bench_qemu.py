@@ -17,6 +17,7 @@ import json
 import lzma
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,10 +32,11 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import numpy, pandas, pyarrow, pyarrow.compute  # imports are not timed
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 {code}
-dt = time.perf_counter() - t
-print(json.dumps({{"seconds": dt, "rows": n, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({{"seconds": dt, "cpu_s": dc, "rows": n,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
@@ -112,7 +114,8 @@ def main() -> None:
         res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
                            "lines_per_s": round(n / r["seconds"])}
         print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
-              f"{n / r['seconds'] / 1e6:.2f} M lines/s  peak {r['maxrss_mb']:.0f} MB")
+              f"{n / r['seconds'] / 1e6:.2f} M lines/s (cpu {r['cpu_s']:.2f} s: {n / r['cpu_s'] / 1e6:.2f} M/s)  "
+              f"peak {r['maxrss_mb']:.0f} MB")
         log.unlink()
         st, tef = d / "trace-1", d / "trace-events-all"
         n = build_simple(st, tef, a.records)
@@ -122,24 +125,30 @@ def main() -> None:
         res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
                               "records_per_s": round(n / r["seconds"])}
         print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
-              f"{n / r['seconds'] / 1e6:.2f} M records/s  peak {r['maxrss_mb']:.0f} MB")
+              f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB")
         r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
                        f"trace_events={str(tef)!r}, args_text=False)\nn = len(r.events)")
         res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
         print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
-              f"{n / r2['seconds'] / 1e6:.2f} M records/s  peak {r2['maxrss_mb']:.0f} MB")
+              f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB")
         script = Path(a.simpletrace) / "simpletrace.py"
         if script.exists() and not a.skip_simpletrace:
             t = time.perf_counter()
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             with open(os.devnull, "w") as null:
                 subprocess.run([sys.executable, str(script), str(tef), str(st)], stdout=null, check=True)
             dt = time.perf_counter() - t
-            res["simpletrace_py"] = {"seconds": dt, "records_per_s": round(n / dt)}
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            dc = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)  # includes its start-up (~0.1 s)
+            res["simpletrace_py"] = {"seconds": dt, "cpu_s": dc, "records_per_s": round(n / dt)}
             ratio = dt / r["seconds"]
             res["speedup"] = round(ratio, 1)
             res["speedup_no_text"] = round(dt / r2["seconds"], 1)
-            print(f"simpletrace.py {n:>7} recs            {dt:.2f} s  {n / dt / 1e6:.2f} M records/s  "
-                  f"-> writeorder is {ratio:.1f}x faster ({dt / r2['seconds']:.1f}x without args text)")
+            res["speedup_cpu"] = round(dc / r["cpu_s"], 1)
+            res["speedup_cpu_no_text"] = round(dc / r2["cpu_s"], 1)
+            print(f"simpletrace.py {n:>7} recs            {dt:.2f} s  {n / dt / 1e6:.2f} M records/s (cpu {dc:.2f} s)"
+                  f"  -> writeorder is {ratio:.1f}x faster ({dt / r2['seconds']:.1f}x without args text); "
+                  f"by cpu time {res['speedup_cpu']:.1f}x ({res['speedup_cpu_no_text']:.1f}x)")
         else:
             print(f"simpletrace.py not found at {script}: no comparison")
     print(json.dumps(res))
