@@ -429,7 +429,8 @@ def migration_html(mig: dict) -> str:
             rows.append({"field": path, "value": json.dumps(x, default=str) if isinstance(x, list) else x})
 
     walk(mig, "")
-    return table_html(pd.DataFrame(rows, columns=["field", "value"]), max_rows=300)
+    return ("<details><summary>the migration section of the check document</summary>"
+            + table_html(pd.DataFrame(rows, columns=["field", "value"]), max_rows=300) + "</details>")
 
 
 def show_figure(fig, alt: str, dpi: int = 90) -> None:
