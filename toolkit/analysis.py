@@ -105,7 +105,30 @@ class DiskAnalysis:
 
     @cached_property
     def qemu_traces(self) -> list[Trace]:
-        return self.sa.qemu_traces(self.disk.guest)
+        """The QEMU processes that served this disk's guest: its own, and when its own is the destination of a
+        migration, the source too (it served the guest before the handover)."""
+        own = [t for t in self.sa.qemu_traces() if t.guest == self.disk.guest]
+        if not own:
+            own = [t for t in self.sa.qemu_traces() if t.guest is None]
+        if any(t.role == "destination" for t in own):
+            own += [t for t in self.sa.qemu_traces() if t.role == "source" and t not in own]
+        return own
+
+    @cached_property
+    def served_until(self) -> dict[int, float]:
+        """trace index -> reference time after which that QEMU did not serve this disk's guest (a migration
+        source that is another guest node's process: until the destination resumed)."""
+        out: dict[int, float] = {}
+        own_guest = {t.index for t in self.qemu_traces if t.guest == self.disk.guest}
+        if len(own_guest) < len(self.qemu_traces):
+            from toolkit import migration
+
+            h = migration.handover(self.sa)
+            if h is not None and h.point == h.point:
+                for t in self.qemu_traces:
+                    if t.index not in own_guest:
+                        out[t.index] = h.point
+        return out
 
     @cached_property
     def host_node(self) -> str:
@@ -216,6 +239,8 @@ class DiskAnalysis:
                 for c in ("q_ns", "d_ns", "c_ns", "sub_ns", "done_ns"):
                     if c in r.columns:
                         r["h_" + c[:-3]] = self.qemu_to_ref(r[c], t)
+                if t.index in self.served_until:
+                    r = r[~(r["h_c"] > self.served_until[t.index])]
                 parts.append(r)
             if not parts:
                 return pd.DataFrame()

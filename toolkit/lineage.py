@@ -22,6 +22,7 @@ from toolkit import clocks, durability, mapping
 SLACK_NS = 2_000          # QEMU log resolution (1 us) + realtime/monotonic pair uncertainty
 MATCH_TOL_NS = 200_000_000  # guest<->QEMU matching window around the coarse offset
 FINE_TOL_NS = 5_000_000     # the same after the offset is refined from the linked writes
+WIDE_TOL_NS = 30_000_000    # last rounds, for what is left (a guest slow to see a completion under TCG)
 NEVER = durability.NEVER
 
 
@@ -97,20 +98,23 @@ def link_guest_qemu(da) -> pd.DataFrame:
         kt, mid, kl = np.array([0.0]), np.array([float(off0)]), np.array([float(off0)])
     # pass 2: every request, completion against completion (QEMU always logs the completion; a flush has no
     # arrival event), with the refined offset and a tight window
+    # completion against completion, nearest, with the refined offset: first tight, then wider for the rest
     gc = g["g_c"].to_numpy()
     t2 = np.where(np.isnan(gc), g["g_d"].to_numpy(), gc)
     left = g.assign(t=(t2 + np.interp(g["g_d"].to_numpy(), kt, mid)).astype(np.int64))
     right2 = right.assign(t=lambda x: x["h_ack"].astype(np.int64))
     m = _nearest(left, right2, FINE_TOL_NS)
-    for _ in range(3):  # requests that lost a contested QEMU request to a nearer one try the next nearest
+    for tol in (FINE_TOL_NS, FINE_TOL_NS, WIDE_TOL_NS, WIDE_TOL_NS):
+        # requests that lost a contested QEMU request to a nearer one try the next nearest
         rest = left[~left["rid"].isin(m.index)]
         free = right2[~right2["qid"].isin(m.to_numpy())]
         if rest.empty or free.empty:
             break
-        more = _nearest(rest, free, FINE_TOL_NS)
-        if more.empty:
-            break
+        more = _nearest(rest, free, tol)
         m = pd.concat([m, more])
+    # what the fine pass left unlinked keeps its distinctive-extent link of pass 1 when that QEMU request is free
+    keep = m1[~m1.index.isin(m.index) & ~m1.isin(m.to_numpy())]
+    m = pd.concat([m, keep])
     g["qid"] = g["rid"].map(m).fillna(-1).astype(np.int64)
     has = g["qid"] >= 0
     for c in ("h_handle", "h_sub", "h_done", "h_ack"):

@@ -16,6 +16,7 @@ from toolkit import cache_mode
 from toolkit.analysis import DiskAnalysis, SetAnalysis
 from toolkit.checks import CLASSES, Violation, durability, ordering
 from toolkit.checks import clocks as clock_checks
+from toolkit.checks import migration as migration_checks
 
 DISK_CHECKS = [
     ("durability", ("guest-block", "qemu", "host-block"), durability.check),
@@ -124,6 +125,15 @@ def check_analysis(sa: SetAnalysis) -> CheckResult:
         res.cannot_check.append({"disk": None, "check": "all disk checks",
                                  "reason": "no [[disk]] in traceset.toml: say which guest device maps to which "
                                            "host device and how"})
+    if any(t.layer == "qemu" for t in sa.ts.traces) and any(t.layer == "host-block" for t in sa.ts.traces):
+        mv, mdoc = migration_checks.check(sa)
+        vs += mv
+        if mdoc is not None:
+            res.extra["migration"] = mdoc
+    else:
+        res.cannot_check.append({"disk": None, "check": "migration and split-brain",
+                                 "reason": "needs the QEMU traces of every writer and the host-block trace of the "
+                                           "shared device"})
     res.violations = _order(vs)
     return res
 
