@@ -39,6 +39,13 @@ blk_co_pwritev(void *blk, void *bs, int64_t offset, int64_t bytes, int flags) "b
 bdrv_co_preadv_part(void *bs, int64_t offset, int64_t bytes, unsigned int flags) "bs %p offset %" PRId64 " bytes %" PRId64 " flags 0x%x"
 bdrv_co_pwritev_part(void *bs, int64_t offset, int64_t bytes, unsigned int flags) "bs %p offset %" PRId64 " bytes %" PRId64 " flags 0x%x"
 bdrv_co_pwrite_zeroes(void *bs, int64_t offset, int64_t bytes, int flags) "bs %p offset %" PRId64 " bytes %" PRId64 " flags 0x%x"
+luring_init_state(void *s, size_t size) "s %p size %zu"
+luring_io_plug(void *s) "LuringState %p plug"
+luring_io_unplug(void *s, int blocked, int plugged, int queued, int inflight) "LuringState %p blocked %d plugged %d queued %d inflight %d"
+luring_do_submit(void *s, int blocked, int plugged, int queued, int inflight) "LuringState %p blocked %d plugged %d queued %d inflight %d"
+luring_co_submit(void *bs, void *s, void *luringcb, int fd, uint64_t offset, size_t nbytes, int type) "bs %p s %p luringcb %p fd %d offset %" PRId64 " nbytes %zd type %d"
+luring_process_completion(void *s, void *luringcb, int ret) "LuringState %p luringcb %p ret %d"
+luring_io_uring_submit(void *s, int ret) "LuringState %p ret %d"
 # util/trace-events
 thread_pool_submit(void *pool, void *req, void *opaque) "pool %p req %p opaque %p"
 thread_pool_complete(void *pool, void *req, void *opaque, int ret) "pool %p req %p opaque %p ret %d"
@@ -68,6 +75,10 @@ _STATE_RE = {
 }
 
 
+#: log keys under which a declared argument is printed ("LuringState %p" for ``void *s``)
+_ALIASES = {"s": ("s", "dataplane", "LuringState")}
+
+
 def simple_records_from_log(events, decls):
     """(names, records) for ``qemu_simple.write`` from parsed log events: every event whose declaration is known
     and whose values can be read back from the log text (``key value`` pairs, or the state regexes above).
@@ -95,8 +106,8 @@ def simple_records_from_log(events, decls):
             toks = args.split()
             kv = {toks[k]: toks[k + 1] for k in range(0, len(toks) - 1, 2)}
             try:
-                vals = [int(kv["dataplane" if a.name == "s" else a.name], 0) for a in decl]
-            except (KeyError, ValueError):
+                vals = [int(next(kv[k] for k in _ALIASES.get(a.name, (a.name,)) if k in kv), 0) for a in decl]
+            except (StopIteration, ValueError):
                 continue
         records.append((ids[name], int(t[i]), int(tid[i]), vals))
         rows.append(i)

@@ -54,12 +54,14 @@ def test_flush_counts_match_ground_truth():
             flushes += int((q["op"] == "flush").sum())
             host_flushes += int((j["op"] == "flush").sum())
             host_writes += int(((j["op"] == "write") & (j["rid"] >= 0)).sum())
-        assert flushes == summ["qemu_virtio_flush_requests"] == summ["guest_flush_requests_to_virtio"], s
+        assert flushes == summ["qemu_virtio_flush_requests"], s
+        if not m["description"].startswith("FAULT"):  # a resumed source: both guest dumps hold the common prefix
+            assert flushes == summ["guest_flush_requests_to_virtio"], s
         if m["image_format"] == "raw" and m.get("host_filesystem") is None:
             # raw device: every QEMU fdatasync reaches the host (+1 at a migration source's vm stop, which is no
             # virtio request); writes: O_DIRECT (cache=none) writes are the host writes
             extra = 1 if s.startswith("migrate") else 0
-            assert host_flushes + extra == summ["host_flushes_from_qemu"], s
+            assert host_flushes <= summ["host_flushes_from_qemu"] <= host_flushes + extra, s
             if m["cache_mode"] == "none":
                 assert host_writes == summ["host_writes_from_qemu"], s
 
