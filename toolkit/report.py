@@ -130,9 +130,8 @@ def unchecked(res, doc: dict | None = None) -> list[str]:
     ``migration`` section of the check document."""
     qemu = [t for t in res.sa.ts.traces if t.layer == "qemu"]
     doc = res.to_json() if doc is None else doc
-    if len(qemu) > 1 and "migration" not in doc:
-        return ["migration / split-brain: the set has several QEMU processes, but the check result has no "
-                "migration section (those checks did not run)"]
+    if len(qemu) > 1 and "migration and split-brain" not in doc.get("checks_run", []):
+        return ["migration / split-brain: the set has several QEMU processes, but those checks did not run"]
     return []
 
 

@@ -35,6 +35,7 @@ class CheckResult:
     clocks: dict = field(default_factory=dict)
     inferred_cache: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    checks_run: list[str] = field(default_factory=list)
 
     @property
     def violation_count(self) -> int:
@@ -52,7 +53,7 @@ class CheckResult:
             "summary": self.summary(),
             "violations": [v.to_json(i) for i, v in enumerate(self.violations)],
             "coverage": self.coverage, "clocks": self.clocks, "inferred_cache": self.inferred_cache,
-            "cannot_check": self.cannot_check, **self.extra,
+            "cannot_check": self.cannot_check, "checks_run": self.checks_run, **self.extra,
         }
 
     def to_text(self) -> str:
@@ -114,6 +115,8 @@ def check_analysis(sa: SetAnalysis) -> CheckResult:
                                          "reason": f"no {', '.join(missing)} trace in the set"})
                 continue
             vs += fn(da)
+            if name not in res.checks_run:
+                res.checks_run.append(name)
         res.coverage[da.name] = coverage(da)
         res.inferred_cache[da.name] = cache_mode.infer(da)
         off = da.guest_offset
@@ -127,6 +130,7 @@ def check_analysis(sa: SetAnalysis) -> CheckResult:
                                            "host device and how"})
     if any(t.layer == "qemu" for t in sa.ts.traces) and any(t.layer == "host-block" for t in sa.ts.traces):
         mv, mdoc = migration_checks.check(sa)
+        res.checks_run.append("migration and split-brain")
         vs += mv
         if mdoc is not None:
             res.extra["migration"] = mdoc
