@@ -17,7 +17,10 @@ units; ``bytes`` is the transfer length in bytes.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -77,20 +80,6 @@ def _strided(buf: bytes, dtype: np.dtype | str, width: int) -> np.ndarray:
 
 def _hexdump(b: bytes) -> str:
     return b[:48].hex(" ")
-
-
-class _Chunk:
-    """Records found in one chunk: raw header fields (native order) and decoded pdus, plus rejects."""
-
-    __slots__ = ("cols", "pdu64", "remap", "names", "stamps", "messages")
-
-    def __init__(self) -> None:
-        self.cols: dict[str, np.ndarray] = {}
-        self.pdu64: tuple[np.ndarray, np.ndarray] | None = None
-        self.remap: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.names: tuple[np.ndarray, list[str]] | None = None
-        self.stamps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.messages: tuple[np.ndarray, list[str]] | None = None
 
 
 def _candidates(buf: bytes, order: str) -> np.ndarray:
@@ -219,48 +208,6 @@ def _last_partial(buf: bytes, order: str, pos: int, cand_all: np.ndarray) -> int
     return None
 
 
-def _decode(buf: bytes, offs: np.ndarray, order: str, base: int) -> _Chunk:
-    """Header fields and pdus of the records at ``offs`` of ``buf`` (``base``: file offset of ``buf``)."""
-    ch = _Chunk()
-    hv = _strided(buf, header_dtype(order), HEADER)
-    rec = hv[offs] if len(offs) else np.empty(0, dtype=header_dtype(order))
-    cols = {k: rec[k].astype(rec.dtype[k].newbyteorder("=")) for k, _ in _FIELDS if k != "magic"}
-    cols["pos"] = offs + base
-    ch.cols = cols
-    act = cols["action"].astype(np.int64)
-    cat = act >> 16
-    code = act & 0xFFFF
-    cg = (code & CGROUP_FLAG) != 0
-    code = code & ~CGROUP_FLAG
-    notify = (cat & _NOTIFY) != 0
-    plen = cols["pdu_len"].astype(np.int64) - np.where(cg, 8, 0)
-    poff = offs + HEADER + np.where(cg, 8, 0)
-    # unplug depth / split sector: one be64
-    i64 = np.flatnonzero(~notify & np.isin(code, (*_ACT_UNPLUG, _ACT_SPLIT)) & (plen >= 8))
-    if len(i64):
-        ch.pdu64 = (i64, _strided(buf, ">u8", 8)[poff[i64]].astype(np.int64))
-    irm = np.flatnonzero(~notify & (code == _ACT_REMAP) & (plen >= 16))
-    if len(irm):
-        be32 = _strided(buf, ">u4", 4)
-        ch.remap = (irm, be32[poff[irm]].astype(np.int64), be32[poff[irm] + 4].astype(np.int64),
-                    _strided(buf, ">u8", 8)[poff[irm] + 8].astype(np.int64))
-    ipr = np.flatnonzero(notify & (code == 0) & (plen > 0))
-    if len(ipr):
-        names = [buf[int(o):int(o) + int(ln)].split(b"\0", 1)[0].decode("utf-8", "replace")
-                 for o, ln in zip(poff[ipr].tolist(), np.minimum(plen[ipr], 16).tolist(), strict=True)]
-        ch.names = (ipr, names)
-    its = np.flatnonzero(notify & (code == 1) & (plen >= 8))
-    if len(its):
-        u32 = _strided(buf, np.dtype(order + "u4"), 4)
-        ch.stamps = (its, u32[poff[its]].astype(np.int64), u32[poff[its] + 4].astype(np.int64))
-    ims = np.flatnonzero(notify & (code == 2) & (plen > 0))
-    if len(ims):
-        msgs = [buf[int(o):int(o) + int(ln)].split(b"\0", 1)[0].decode("utf-8", "replace")
-                for o, ln in zip(poff[ims].tolist(), plen[ims].tolist(), strict=True)]
-        ch.messages = (ims, msgs)
-    return ch
-
-
 def _detect_order(path: str, head: bytes) -> str:
     """Byte order ('<' or '>') from the first record's magic; TraceError when the file is not blktrace v7."""
     if len(head) < 4:
@@ -280,35 +227,6 @@ def _detect_order(path: str, head: bytes) -> str:
         if len(offs) >= 2:
             return order
     raise fileio.TraceError(f"{path}: not a blktrace file (no blk_io_trace version 7 magic at offset 0)")
-
-
-def _read_file(path: str, chunk_bytes: int) -> tuple[list[_Chunk], list[tuple[int, int, str, str]], str | None, dict]:
-    """All records of one file: decoded chunks, rejects (pos, length, reason, text), byte order, facts."""
-    stream = fileio.Stream(path, size=chunk_bytes)
-    chunks: list[_Chunk] = []
-    rejects: list[tuple[int, int, str, str]] = []
-    order: str | None = None
-    tail = b""
-    base = 0  # file offset of tail[0]
-    size = 0
-    for data in stream:
-        size += len(data)
-        buf = tail + data if tail else data
-        if order is None:
-            order = _detect_order(path, buf)
-        offs, rej, consumed = _walk(buf, order, final=False)
-        chunks.append(_decode(buf, offs, order, base))
-        rejects += [(base + p, ln, r, _hexdump(buf[p:p + ln])) for p, ln, r in rej]
-        tail = buf[consumed:]
-        base += consumed
-    if tail:
-        if order is None:
-            order = _detect_order(path, tail)
-        offs, rej, _ = _walk(tail, order, final=True)
-        chunks.append(_decode(tail, offs, order, base))
-        rejects += [(base + p, ln, r, _hexdump(tail[p:p + ln])) for p, ln, r in rej]
-    facts = {"bytes": size, "stream_truncated": stream.truncated}
-    return chunks, rejects, order, facts
 
 
 def _merge_rejects(rows: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
@@ -347,34 +265,271 @@ def _categorical(codes: np.ndarray, labels: Iterable[str]) -> pd.Categorical:
                                      validate=False)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# finding the records of one file (fast path: one alignment class at a time, the general walk at breaks)
+
+_WINDOW = 1 << 16
+
+
+class _Class:
+    """Candidates of one alignment class (start + 8k) from ``start`` on: offsets, chain targets, chain breaks."""
+
+    __slots__ = ("cand", "nxt", "brk")
+
+    def __init__(self, mv: memoryview, order: str, start: int) -> None:
+        n = len(mv)
+        cnt = (n - HEADER - start) // 8 + 1 if n - HEADER >= start else 0
+        if cnt > 0:
+            u = np.ndarray((cnt,), dtype=order + "u4", buffer=mv, offset=start, strides=(8,))
+            cand = np.flatnonzero(u == _MAGIC_V7) * 8 + start
+            pl = np.ndarray((cnt,), dtype=order + "u2", buffer=mv, offset=start + 46, strides=(8,))[
+                (cand - start) >> 3]
+        else:
+            cand = np.empty(0, dtype=np.int64)
+            pl = np.empty(0, dtype=np.uint16)
+        self.cand = cand
+        self.nxt = cand + HEADER + pl
+        brk = np.flatnonzero(self.nxt[:-1] != cand[1:])
+        self.brk = np.append(brk, len(cand) - 1)
+
+
+def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+    """Record offsets in one whole file ``mv`` and the rejected (pos, length, reason) ranges.
+
+    The same result as ``_walk(mv, order, final=True)``: records that chain (``start + 48 + pdu_len`` is the
+    next record) are taken a whole run at a time from the candidates of one alignment class (real records are
+    multiples of 8 bytes long, so a file stays in one class until a message of odd length); a record whose
+    successor is not a magic word, and damaged bytes, go through ``_walk`` on a small window.
+    """
+    n = len(mv)
+    big = order == ">"
+    classes: dict[int, _Class] = {}
+    segs: list[np.ndarray] = []
+    rejects: list[tuple[int, int, str]] = []
+    pos = 0
+    window = _WINDOW
+    last_general = -1
+    while pos < n:
+        cls = classes.get(pos & 7)
+        if cls is None:
+            cls = classes[pos & 7] = _Class(mv, order, pos)
+        cand = cls.cand
+        k = int(np.searchsorted(cand, pos))
+        if k < len(cand) and cand[k] == pos:
+            b = int(cls.brk[np.searchsorted(cls.brk, k)])
+            if b > k:
+                segs.append(cand[k:b])
+                pos = int(cand[b])
+            q = int(cls.nxt[b])
+            if q == n:
+                segs.append(cand[b:b + 1])
+                pos = n
+                break
+            if q + HEADER <= n and int.from_bytes(mv[q:q + 4], "big" if big else "little") == _MAGIC_V7:
+                segs.append(cand[b:b + 1])
+                pos = q
+                continue
+        # a break: the general walk over a window decides
+        if last_general >= 0 and pos - last_general < 2 * window:
+            window = min(window * 2, _CAP)  # breaks are dense here: bigger windows, fewer calls
+        end = min(n, pos + window)
+        final = end == n
+        offs, rej, consumed = _walk(bytes(mv[pos:end]), order, final)
+        if consumed == 0 and not final:
+            window *= 2
+            continue
+        if len(offs):
+            segs.append(offs + pos)
+        rejects += [(p + pos, ln, r) for p, ln, r in rej]
+        last_general = pos
+        pos += consumed
+    offs = np.concatenate(segs) if segs else np.empty(0, dtype=np.int64)
+    return offs.astype(np.int64, copy=False), rejects
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading files
+
+
+def _load(path: str, chunk_bytes: int) -> tuple[list | None, int, bool]:
+    """(decompressed pieces or None for a plain file, size, whether a compressed stream was cut)."""
+    if fileio.compression(path) is None:
+        return None, os.path.getsize(path), False
+    stream = fileio.Stream(path, size=chunk_bytes)
+    parts = list(stream)
+    return parts, sum(len(p) for p in parts), stream.truncated
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _page_up(x: int) -> int:
+    return (x + _PAGE - 1) // _PAGE * _PAGE
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _mapped(sizes: list[int]) -> tuple[np.ndarray, object] | None:
+    """One anonymous read/write region holding every file at a page-aligned start (plus zero padding)."""
+    if _LIBC is None:
+        return None
+    total = sum(_page_up(s) for s in sizes) + _PAGE
+    base = _LIBC.mmap(None, total, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if base is None or base == _MAP_FAILED:
+        return None
+
+    class Region(ctypes.c_char * total):
+        def __del__(self, _munmap=_LIBC.munmap, _base=base, _len=total) -> None:
+            _munmap(_base, _len)
+
+    return Region.from_address(base), base  # unmapped when the last array over it is gone
+
+
+def _read_all(paths: list[str], loaded: list, chunk_bytes: int) -> tuple[np.ndarray, list[int]]:
+    """All files' decompressed bytes in one array (each file at its start offset, zero padding after each).
+
+    Plain files are mapped into the region (no copy; Linux), compressed ones are copied in; elsewhere the files
+    are read into one numpy buffer.
+    """
+    sizes = [size for _, size, _ in loaded]
+    m = _mapped(sizes)
+    if m is not None:
+        region, base = m
+        starts = []
+        o = 0
+        for (parts, size, _), path in zip(loaded, paths, strict=True):
+            starts.append(o)
+            if parts is None and size:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    r = _LIBC.mmap(base + o, size, mmap.PROT_READ, mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
+                finally:
+                    os.close(fd)
+                if r != base + o:
+                    raise OSError(ctypes.get_errno(), f"{path}: cannot map the file")
+            elif parts:
+                mv = memoryview(region).cast("B")
+                for p in parts:
+                    mv[o:o + len(p)] = p
+                    o += len(p)
+                o -= size
+            o += _page_up(size)
+        buf = np.frombuffer(region, dtype=np.uint8)  # keeps the region (and so the mapping) alive
+        return buf, starts
+    buf = np.zeros(sum(sizes) + 64, dtype=np.uint8)
+    mv = memoryview(buf)
+    starts = []
+    o = 0
+    for (parts, size, _), path in zip(loaded, paths, strict=True):
+        starts.append(o)
+        if parts is None:
+            got = 0
+            with open(path, "rb", buffering=0) as f:
+                while got < size:
+                    k = f.readinto(mv[o + got:o + size])
+                    if not k:
+                        raise fileio.TraceError(f"{path}: file changed while being read")
+                    got += k
+        else:
+            for p in parts:
+                mv[o:o + len(p)] = p
+                o += len(p)
+            o -= size
+        o += size
+    return buf, starts
+
+
+_MAP_FIXED = 0x10
+
+
+class _Fields:
+    """Header fields of records at byte offsets of one buffer, each gathered on demand (either byte order)."""
+
+    def __init__(self, buf: np.ndarray, offs: np.ndarray, big: np.ndarray | None) -> None:
+        self.buf = buf
+        self.offs = offs
+        self.big = big  # rows written big-endian (None: all little-endian)
+
+    def get(self, name: str, dtype: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        off = _OFFSET[name]
+        t = np.dtype("<" + (dtype or _TYPES[name]))
+        view = np.ndarray((len(self.buf) - off - t.itemsize + 1,), dtype=t, buffer=self.buf, offset=off,
+                          strides=(1,))
+        offs = self.offs if rows is None else self.offs[rows]
+        v = view[offs]
+        if self.big is not None:
+            bg = self.big if rows is None else self.big[rows]
+            if bg.any():
+                v[bg] = v[bg].byteswap()
+        return v
+
+
+_OFFSET = {}
+_TYPES = {}
+_o = 0
+for _n, _t in _FIELDS:
+    _OFFSET[_n] = _o
+    _TYPES[_n] = _t
+    _o += np.dtype(_t).itemsize
+del _o, _n, _t
+
+
 def parse(paths: list[str] | str, chunk_bytes: int = fileio.CHUNK) -> ParseResult:
     """Read blktrace binary files (the per-CPU files of one trace) into a BLOCK_EVENTS table.
 
     Records of all files are merged in time order (stable sort by (time, device, sequence), as blkparse).
-    ``chunk_bytes`` is the size of the decompressed pieces read at a time (bytes). Damaged or cut parts go to
-    the rejects table; a file that is not blktrace raises :class:`toolkit.fileio.TraceError`.
+    ``chunk_bytes`` is the size of the pieces read at a time (bytes). Damaged or cut parts go to the rejects
+    table; a file that is not blktrace raises :class:`toolkit.fileio.TraceError`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [str(p) for p in paths]
-    all_chunks: list[tuple[int, _Chunk]] = []
+    loaded = [_load(p, chunk_bytes) for p in paths]
+    buf, starts = _read_all(paths, loaded, chunk_bytes)
     rejects = []
     orders: dict[str, str] = {}
     truncated = []
+    offs_parts = []
+    big_any = False
+    mv_all = memoryview(buf)
     for fi, path in enumerate(paths):
-        chunks, rej, order, facts = _read_file(path, chunk_bytes)
-        rej = _merge_rejects(rej)
-        all_chunks += [(fi, c) for c in chunks]
-        if order:
-            orders[path] = "little" if order == "<" else "big"
+        s, size, cut_stream = starts[fi], loaded[fi][1], loaded[fi][2]
+        loaded[fi] = None
+        mv = mv_all[s:s + size]
+        if size == 0:
+            offs_parts.append((fi, np.empty(0, dtype=np.int64), "<"))
+            continue
+        order = _detect_order(path, bytes(mv[:1 << 20]))
+        orders[path] = "little" if order == "<" else "big"
+        big_any |= order == ">"
+        offs, rej = _find_records(mv, order)
+        offs_parts.append((fi, offs + s, order))
+        rej = _merge_rejects([(p, ln, r, _hexdump(bytes(mv[p:p + min(ln, 48)]))) for p, ln, r in rej])
         if rej:
             rejects.append(reject_rows(path, rej))
         cut = [r for r in rej if r[2] == "truncated record"]
-        if cut or facts["stream_truncated"]:
-            truncated.append({"file": path, "offset": facts["bytes"],
-                              "record_start": cut[-1][0] if cut else facts["bytes"],
-                              "compressed_stream_cut": facts["stream_truncated"]})
-    events, meta = _assemble(all_chunks, paths)
+        if cut or cut_stream:
+            truncated.append({"file": path, "offset": size, "record_start": cut[-1][0] if cut else size,
+                              "compressed_stream_cut": cut_stream})
+    del mv_all
+    events, meta = _assemble(buf, offs_parts, starts, paths, big_any)
     byte_orders = set(orders.values())
     meta.update({
         "clock": "monotonic",
@@ -385,81 +540,106 @@ def parse(paths: list[str] | str, chunk_bytes: int = fileio.CHUNK) -> ParseResul
     return ParseResult(events=events, rejects=rj, meta=meta)
 
 
-def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Concatenate chunks, sort by (time, device, sequence) and build the BLOCK_EVENTS frame."""
-    sizes = [len(c.cols.get("time", ())) for _, c in all_chunks]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    n = int(starts[-1])
+def _pdu_strings(buf: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> list[str]:
+    return [bytes(buf[o:o + ln]).split(b"\0", 1)[0].decode("utf-8", "replace")
+            for o, ln in zip(offs.tolist(), lens.tolist(), strict=True)]
+
+
+def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[str],
+              big_any: bool) -> tuple[pd.DataFrame, dict]:
+    """Sort the records of all files by (time, device, sequence) and build the BLOCK_EVENTS frame."""
+    sizes = [len(o) for _, o, _ in offs_parts]
+    n = int(sum(sizes))
     if n == 0:
         return BLOCK_EVENTS.empty().assign(file=pd.Categorical([], categories=paths)), {
             "wallclock": None, "lost_events": {}}
-
-    def cat(name: str) -> np.ndarray:
-        """One column of all chunks, released from the chunks as it is joined (to keep the peak low)."""
-        parts = [c.cols.pop(name) for _, c in all_chunks if name in c.cols]
-        out = np.concatenate(parts) if len(parts) != 1 else parts[0]
-        del parts
-        return out
-
-    fileidx = np.repeat(np.array([fi for fi, _ in all_chunks], dtype=np.int32), sizes)
-    time = cat("time").view(np.int64)
-    device = cat("device")
-    seq = cat("sequence")
-    order = _time_order(time, device, seq)
-    identity = order is None
-
-    def g(x: np.ndarray) -> np.ndarray:
-        return x if identity else x[order]
-
-    if identity:
-        order = np.arange(n, dtype=np.int64)
-    # sparse pdu values -> global row numbers (before sorting)
-    def sparse(attr: str) -> list[tuple]:
-        out = []
-        for s, (_, c) in zip(starts[:-1], all_chunks, strict=True):
-            v = getattr(c, attr)
-            if v is not None:
-                out.append((v[0] + s, *v[1:]))
-        return out
-
-    if identity:
-        inv = order
+    offs = np.concatenate([o for _, o, _ in offs_parts]) if len(offs_parts) != 1 else offs_parts[0][1]
+    nonempty = [fi for fi, o, _ in offs_parts if len(o)]
+    fileidx = None
+    if len(nonempty) > 1:
+        fileidx = np.repeat(np.array([fi for fi, _, _ in offs_parts], dtype=np.int32), sizes)
+    big = None
+    if big_any:
+        big = np.repeat(np.array([od == ">" for _, _, od in offs_parts], dtype=bool), sizes)
+    f = _Fields(buf, offs, big)
+    time = f.get("time", "i8")
+    order = _time_order(time, lambda rows: f.get("device", rows=rows), lambda rows: f.get("sequence", rows=rows))
+    if order is not None:
+        offs = offs[order]
+        time = time[order]
+        if fileidx is not None:
+            fileidx = fileidx[order]
+        if big is not None:
+            big = big[order]
+        f = _Fields(buf, offs, big)
+    del order
+    if fileidx is None:
+        fi0 = nonempty[0]
+        pos = offs - starts[fi0]
+        file_col = _categorical(np.full(n, fi0, dtype=np.int8 if len(paths) < 128 else np.int32), paths)
     else:
-        inv = np.empty(n, dtype=np.int64)
-        inv[order] = np.arange(n, dtype=np.int64)
+        pos = offs - np.asarray(starts, dtype=np.int64)[fileidx]
+        file_col = _categorical(fileidx, paths)
+        del fileidx
 
-    action = g(cat("action")).astype(np.int64)
+    action = f.get("action")
     cat_bits = (action >> 16).astype(np.int32)
-    code = (action & 0xFFFF & ~CGROUP_FLAG).astype(np.int32)
+    code16 = (action & 0xFFFF).astype(np.int32)
     del action
+    cg = (code16 & CGROUP_FLAG) != 0
+    code = code16 & ~CGROUP_FLAG
+    del code16
     notify = (cat_bits & _NOTIFY) != 0
-    # action labels: notify records by type, others by action code
-    acode = np.where(notify, 100 + code, code)
+    acode = code + np.where(notify, 100, 0).astype(np.int32) if notify.any() else code
     uniq_a, a_codes = _small_unique(acode)
+    del acode
     a_labels = [NOTIFY_ACTIONS.get(int(u) - 100, f"notify_{int(u) - 100}") if u >= 100
                 else ACTION_LETTERS.get(int(u), f"action_{int(u)}") for u in uniq_a]
-    nbytes = g(cat("bytes")).astype(np.int64)
-    device = g(device)
-    # remap: the line's device is device_to, as blkparse prints it
-    remap_dev_codes = np.full(n, -1, dtype=np.int32)
+    nbytes = f.get("bytes").astype(np.int64)
+
+    # records with payloads that matter: unplug depth / split sector, remap, notify names, stamps, messages
+    pdu_len = f.get("pdu_len")
+    has_pdu = np.flatnonzero(pdu_len != 0)
+    del pdu_len
+    sp_code = code[has_pdu]
+    sp_notify = notify[has_pdu]
+    sp_cg = cg[has_pdu]
+    sp_plen = f.get("pdu_len", rows=has_pdu).astype(np.int64) - np.where(sp_cg, 8, 0)
+    sp_poff = offs[has_pdu] + HEADER + np.where(sp_cg, 8, 0)
+    del cg
+
+    def pick(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        j = np.flatnonzero(mask)
+        return has_pdu[j], sp_poff[j], sp_plen[j]
+
+    def be(fmt: str, at: np.ndarray) -> np.ndarray:
+        t = np.dtype(fmt)
+        view = np.ndarray((len(buf) - t.itemsize + 1,), dtype=t, buffer=buf, strides=(1,))
+        return view[at].astype(np.int64)
+
+    device = f.get("device")
+    remap_dev_codes = None
     remap_sector = None
-    rm = sparse("remap")
     remap_names: list[str] = []
-    if rm:
-        ridx = inv[np.concatenate([r[0] for r in rm])]
-        dfrom = np.concatenate([r[1] for r in rm])
-        dto = np.concatenate([r[2] for r in rm])
-        sfrom = np.concatenate([r[3] for r in rm])
-        device[ridx] = dto.astype(device.dtype)
+    ridx, rpoff, _ = pick(~sp_notify & (sp_code == _ACT_REMAP) & (sp_plen >= 16))
+    if len(ridx):
+        dfrom = be(">u4", rpoff)
+        device[ridx] = be(">u4", rpoff + 4).astype(device.dtype)
         uf, fcodes = np.unique(dfrom, return_inverse=True)
         remap_names = list(_dev_str(uf))
+        remap_dev_codes = np.full(n, -1, dtype=np.int32)
         remap_dev_codes[ridx] = fcodes
-        remap_sector = _nullable_int(n, ridx, sfrom)
-    d_codes, uniq_d = pd.factorize(device, sort=True)
+        remap_sector = _nullable_int(n, ridx, be(">u8", rpoff + 8))
+    if (device == device[0]).all():
+        d_codes, uniq_d = np.zeros(n, dtype=np.int8), device[:1]
+    else:
+        d_codes, uniq_d = pd.factorize(device, sort=True)
     del device
+
     # rwbs and op from the distinct (category, bytes != 0, action) combinations
-    key = cat_bits.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (a_codes.astype(np.int64) << 17)
+    key = cat_bits | ((nbytes != 0).astype(np.int32) << 16) | (a_codes.astype(np.int32) << 17)
     uk, k_codes = _small_unique(key)
+    del key
     uk_cat = uk & 0xFFFF
     uk_b = (uk >> 16) & 1
     uk_act = np.array(a_labels, dtype=object)[uk >> 17]
@@ -467,94 +647,125 @@ def _assemble(all_chunks: list[tuple[int, _Chunk]], paths: list[str]) -> tuple[p
     op_u = op_from_category(uk_cat, uk_b, uk_act)
     r_labels, r_of_k = np.unique(rwbs_u.astype(str), return_inverse=True)
     o_labels, o_of_k = np.unique(op_u.astype(str), return_inverse=True)
-    del key
+    small = np.int8 if len(uk) and max(len(r_labels), len(o_labels)) < 127 else np.int32
+    rwbs_col = _categorical(r_of_k.astype(small)[k_codes], r_labels)
+    op_col = _categorical(o_of_k.astype(small)[k_codes], o_labels)
+    del k_codes
 
-    pid = g(cat("pid")).astype(np.int64)
+    pid = f.get("pid").astype(np.int64)
     # comm: the newest notify_process name of the same pid at or before each row
-    comm_codes = np.full(n, -1, dtype=np.int32)
-    msg_codes = np.full(n, -1, dtype=np.int32)
+    comm_codes = None
+    msg_codes = None
     msg_names: list[str] = []
-    nm = sparse("names")
-    if nm:
-        pidx = inv[np.concatenate([x[0] for x in nm])]
-        pnames = [s for x in nm for s in x[1]]
+    pidx, ppoff, pplen = pick(sp_notify & (sp_code == 0) & (sp_plen > 0))
+    if len(pidx):
+        pnames = _pdu_strings(buf, ppoff, np.minimum(pplen, 16))
         un, ncodes = np.unique(np.array(pnames, dtype=object).astype(str), return_inverse=True)
         msg_names = list(un)
+        msg_codes = np.full(n, -1, dtype=np.int32)
         msg_codes[pidx] = ncodes
-        is_pr = np.zeros(n, dtype=bool)
-        is_pr[pidx] = True
-        byp = np.lexsort((np.arange(n), pid))
-        src = np.where(is_pr[byp], np.arange(n), -1)
-        last = np.maximum.accumulate(src)
-        okp = last >= 0
-        okp[okp] = pid[byp][last[okp]] == pid[byp][okp]
-        comm_codes[byp[okp]] = msg_codes[byp[last[okp]]]
+        comm_codes = _comm_codes(pid, pidx, ncodes)
     comm_names = list(msg_names)
     wallclock = None
-    st = sparse("stamps")
-    if st:
-        sidx = inv[np.concatenate([x[0] for x in st])]
-        secs = np.concatenate([x[1] for x in st])
-        nss = np.concatenate([x[2] for x in st])
+    sidx, spoff, _ = pick(sp_notify & (sp_code == 1) & (sp_plen >= 8))
+    if len(sidx):
+        sbig = big[sidx] if big is not None else np.zeros(len(sidx), dtype=bool)
+        secs = np.where(sbig, be(">u4", spoff), be("<u4", spoff))
+        nss = np.where(sbig, be(">u4", spoff + 4), be("<u4", spoff + 4))
         base = len(msg_names)
         labels = [f"{s}.{ns:09d}" for s, ns in zip(secs.tolist(), nss.tolist(), strict=True)]
         msg_names += labels
+        if msg_codes is None:
+            msg_codes = np.full(n, -1, dtype=np.int32)
         msg_codes[sidx] = base + np.arange(len(labels))
-        first = int(np.argmin(sidx))
-        wallclock = (int(time[order[sidx[first]]]), int(secs[first]) * 1_000_000_000 + int(nss[first]))
-    ms = sparse("messages")
-    if ms:
-        midx = inv[np.concatenate([x[0] for x in ms])]
-        texts = [s for x in ms for s in x[1]]
+        wallclock = (int(time[sidx[0]]), int(secs[0]) * 1_000_000_000 + int(nss[0]))
+    midx, mpoff, mplen = pick(sp_notify & (sp_code == 2) & (sp_plen > 0))
+    if len(midx):
+        texts = _pdu_strings(buf, mpoff, mplen)
         base = len(msg_names)
         msg_names += texts
+        if msg_codes is None:
+            msg_codes = np.full(n, -1, dtype=np.int32)
         msg_codes[midx] = base + np.arange(len(texts))
     split = unplug = None
-    p64 = sparse("pdu64")
-    if p64:
-        gidx = inv[np.concatenate([x[0] for x in p64])]
-        vals = np.concatenate([x[1] for x in p64])
+    gidx, gpoff, _ = pick(~sp_notify & np.isin(sp_code, (*_ACT_UNPLUG, _ACT_SPLIT)) & (sp_plen >= 8))
+    if len(gidx):
+        vals = be(">u8", gpoff)
         is_split = code[gidx] == _ACT_SPLIT
         split = _nullable_int(n, gidx[is_split], vals[is_split])
         unplug = _nullable_int(n, gidx[~is_split], vals[~is_split])
-    empty_int = None
+    del code
 
     def nul() -> pd.arrays.IntegerArray:
-        nonlocal empty_int
-        if empty_int is None:
-            empty_int = pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
-        return empty_int.copy()
+        return pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
 
+    def strings(codes: np.ndarray | None, names: list[str]) -> pd.arrays.ArrowStringArray:
+        if codes is None:
+            return _null_strings(n)
+        return _string_column(codes, names)
+
+    seq = f.get("sequence").astype(np.int64)
     cols = {
-        "time_ns": g(time),
+        "time_ns": time,
         "device": _categorical(d_codes, _dev_str(uniq_d)),
-        "cpu": g(cat("cpu")).astype(np.int32),
-        "seq": g(seq).astype(np.int64),
+        "cpu": f.get("cpu", "i4"),
+        "seq": seq,
         "pid": pid,
-        "action": _categorical(a_codes, a_labels),
-        "rwbs": _categorical(r_of_k[k_codes], r_labels),
-        "sector": g(cat("sector")).view(np.int64),
+        "action": _categorical(a_codes.astype(np.int8) if len(a_labels) < 127 else a_codes, a_labels),
+        "rwbs": rwbs_col,
+        "sector": f.get("sector", "i8"),
         "nsect": nbytes >> 9,
         "bytes": nbytes,
-        "error": _ERRNO[g(cat("error"))],
-        "comm": _string_column(comm_codes, comm_names),
+        "error": _ERRNO[f.get("error")],
+        "comm": strings(comm_codes, comm_names),
         "category": cat_bits,
-        "op": _categorical(o_of_k[k_codes], o_labels),
+        "op": op_col,
         "preflush": (cat_bits & TC["flush"]) != 0,
         "fua": (cat_bits & TC["fua"]) != 0,
         "sync": (cat_bits & TC["sync"]) != 0,
         "meta": (cat_bits & TC["meta"]) != 0,
-        "remap_device": _string_column(remap_dev_codes, remap_names),
+        "remap_device": strings(remap_dev_codes, remap_names),
         "remap_sector": remap_sector if remap_sector is not None else nul(),
         "split_sector": split if split is not None else nul(),
         "unplug_depth": unplug if unplug is not None else nul(),
-        "message": _string_column(msg_codes, msg_names),
-        "file": _categorical(g(fileidx), paths),
-        "pos": g(cat("pos")),
+        "message": strings(msg_codes, msg_names),
+        "file": file_col,
+        "pos": pos,
     }
     df = pd.DataFrame(cols, copy=False)
     meta = {"wallclock": wallclock, "lost_events": _lost_events(df, notify)}
     return df, meta
+
+
+def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
+    """An all-null string column; its buffers are zero pages that are not touched (no memory until written)."""
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, dtype=np.int64)), pa.py_buffer(b""),
+                                           pa.py_buffer(np.zeros((n + 7) // 8, dtype=np.uint8)), null_count=n)
+    return pd.array(arr, dtype="string")
+
+
+def _comm_codes(pid: np.ndarray, pidx: np.ndarray, ncodes: np.ndarray) -> np.ndarray:
+    """For every row, the code of the newest process name recorded for its pid at or before it (-1: none).
+
+    ``pidx`` are the rows of the notify_process records (ascending) and ``ncodes`` their name codes.
+    """
+    n = len(pid)
+    out = np.full(n, -1, dtype=np.int32)
+    named = np.unique(pid[pidx])
+    j = np.searchsorted(named, pid)
+    rows = np.flatnonzero(named[np.minimum(j, len(named) - 1)] == pid)  # rows whose pid has a name somewhere
+    is_pr = np.zeros(n, dtype=bool)
+    is_pr[pidx] = True
+    code_at = np.full(n, -1, dtype=np.int32)
+    code_at[pidx] = ncodes
+    p = pid[rows]
+    byp = rows[np.argsort(p, kind="stable")]  # by pid, then row
+    src = np.where(is_pr[byp], np.arange(len(byp)), -1)
+    last = np.maximum.accumulate(src)
+    okp = last >= 0
+    okp[okp] = pid[byp[last[okp]]] == pid[byp[okp]]
+    out[byp[okp]] = code_at[byp[last[okp]]]
+    return out
 
 
 _ERRNO = errno_signed(np.arange(1 << 16))
@@ -571,23 +782,34 @@ def _small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, lut[x]
 
 
-def _time_order(time: np.ndarray, device: np.ndarray, seq: np.ndarray) -> np.ndarray | None:
+def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
     """Stable order by (time, device, sequence), or None when the rows already are in that order.
 
     A stable sort of the times (fast on per-CPU files, which are sorted runs), then equal times reordered by
-    device and sequence.
+    device and sequence. ``device`` and ``seq`` give those fields for an array of rows (only rows with equal
+    times are looked up).
     """
     d = np.diff(time)
     if (d > 0).all():
         return None
-    order = np.argsort(time, kind="stable")
-    ts = time[order]
+    if (d >= 0).all():
+        order = None
+        ts = time
+    else:
+        order = np.argsort(time, kind="stable")
+        ts = time[order]
+    del d
     tie = np.flatnonzero(ts[1:] == ts[:-1])
     if len(tie):
         rows = np.unique(np.concatenate([tie, tie + 1]))
-        sub = order[rows]
-        order[rows] = sub[np.lexsort((seq[sub], device[sub], time[sub]))]
-    if (order == np.arange(len(order))).all():
+        sub = rows if order is None else order[rows]
+        srt = sub[np.lexsort((seq(sub), device(sub), time[sub]))]
+        if order is None:
+            if (srt == sub).all():
+                return None
+            order = np.arange(len(time), dtype=np.int64)
+        order[rows] = srt
+    if order is None or (order == np.arange(len(order))).all():
         return None
     return order
 
@@ -598,18 +820,26 @@ def _lost_events(df: pd.DataFrame, notify: np.ndarray) -> dict:
     keep = ~notify & (seq != 0)
     if not keep.any():
         return {}
-    dev = df["device"].cat.codes.to_numpy()[keep]
-    cpu = df["cpu"].to_numpy()[keep]
+    dev = df["device"].cat.codes.to_numpy()[keep].astype(np.int64)
+    cpu = df["cpu"].to_numpy()[keep].astype(np.int64)
     s = seq[keep]
-    o = np.lexsort((s, cpu, dev))
-    dev, cpu, s = dev[o], cpu[o], s[o]
-    same = (dev[1:] == dev[:-1]) & (cpu[1:] == cpu[:-1])
-    gap = np.where(same, np.maximum(s[1:] - s[:-1] - 1, 0), 0)
+    cu, cpu_codes = np.unique(cpu, return_inverse=True)
+    sid = dev * len(cu) + cpu_codes
+    o = np.argsort(sid, kind="stable")
+    sid_o = sid[o]
+    s = s[o]
+    starts = np.flatnonzero(np.concatenate([[True], sid_o[1:] != sid_o[:-1]]))
+    ends = np.concatenate([starts[1:], [len(s)]])
+    same = sid_o[1:] == sid_o[:-1]
+    if (~same | (s[1:] >= s[:-1])).all():  # each stream's sequence numbers already ascend in time order
+        gap = np.where(same, np.maximum(s[1:] - s[:-1] - 1, 0), 0)
+    else:
+        o2 = np.lexsort((s, sid_o))
+        s = s[o2]
+        gap = np.where(same, np.maximum(s[1:] - s[:-1] - 1, 0), 0)
     cats = df["device"].cat.categories
     out: dict[tuple[str, int], int] = {}
-    starts = np.flatnonzero(np.concatenate([[True], ~same]))
-    ends = np.concatenate([starts[1:], [len(s)]])
     csum = np.concatenate([[0], np.cumsum(gap)])
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        out[(str(cats[dev[a]]), int(cpu[a]))] = int(csum[b - 1] - csum[a])
+        out[(str(cats[sid_o[a] // len(cu)]), int(cu[sid_o[a] % len(cu)]))] = int(csum[b - 1] - csum[a])
     return out
