@@ -81,3 +81,48 @@ def test_single_vm_sets_have_no_migration_section():
     _, res = result("raw-none-threads")
     assert "migration" not in res.to_json()
     assert not any(res.summary()[c] for c in MIGRATION)
+
+
+def _shift_log(src, dst, shift_s: int) -> None:
+    """Rewrite a QEMU log with every ``TID@SEC.USEC:`` moved by ``shift_s`` seconds (another host's clock)."""
+    import lzma
+    import re
+
+    with lzma.open(src, "rt") as f:
+        text = f.read()
+    text = re.sub(r"^(\d+)@(\d+)\.", lambda m: f"{m.group(1)}@{int(m.group(2)) + shift_s}.", text, flags=re.M)
+    dst.write_text(text)
+
+
+def test_destination_on_another_clock_is_aligned_by_causality(tmp_path):
+    """The destination QEMU on a node of its own whose clock is 1 h ahead, with no reference pairs: its clock is
+    recovered from causal pairs with the host trace, and the verdict and the switchover stay the same."""
+    import shutil
+
+    base_sa, base = result("migrate-none")
+    d = tmp_path / "migrate-none"
+    shutil.copytree(TRACES / "migrate-none", d, ignore=shutil.ignore_patterns(".writeorder"))
+    shift = 3600
+    _shift_log(d / "qemu-dst.log.xz", d / "qemu-dst.log", shift)
+    (d / "qemu-dst.log.xz").unlink()
+    toml = (d / "traceset.toml").read_text()
+    toml = toml.replace('[[node]]\nname = "host"\nkind = "host"\n',
+                        '[[node]]\nname = "host"\nkind = "host"\n\n[[node]]\nname = "host2"\nkind = "host"\n', 1)
+    i = toml.index('path = "qemu-dst.log.xz"')
+    block_start = toml.rindex("[[trace]]", 0, i)
+    block = toml[block_start:i].replace('node = "host"', 'node = "host2"')
+    toml = toml[:block_start] + block + 'path = "qemu-dst.log"' + toml[i + len('path = "qemu-dst.log.xz"'):]
+    (d / "traceset.toml").write_text(toml)
+    sa = SetAnalysis.load(d)
+    res = check_analysis(sa)
+    assert {c: res.summary()[c] for c in MIGRATION} == dict.fromkeys(MIGRATION, 0)
+    dst = next(t for t in sa.ts.traces if t.role == "destination")
+    assert dst.node == "host2"
+    off = sa.qemu_offset(dst).summary()
+    true = base_sa.qemu_offset(next(t for t in base_sa.ts.traces if t.role == "destination")).summary()
+    unc = off["uncertainty_ns"]
+    assert "causal" in off["source"] and unc < 2_000_000
+    assert abs(off["offset_ns"] - (true["offset_ns"] - shift * 10**9)) <= unc + true["uncertainty_ns"]
+    a, b = base.to_json()["migration"]["switchover_ns"], res.to_json()["migration"]["switchover_ns"]
+    assert abs(a["destination_resume"] - b["destination_resume"]) <= unc + 2_000
+    assert a["source_stop"] == b["source_stop"]

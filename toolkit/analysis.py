@@ -45,6 +45,7 @@ class SetAnalysis:
         self.ts = ts
         self.results = results
         self.ref = clocks.reference_clock(ts)
+        self._qoff: dict[int, clocks.Offset | None] = {}
 
     @classmethod
     def load(cls, path, *, use_cache: bool = True, progress=None) -> SetAnalysis:
@@ -64,6 +65,42 @@ class SetAnalysis:
 
     def realtime_offset(self, node: str) -> clocks.Offset | None:
         return clocks.realtime_to_monotonic(self.ts, node)
+
+    def qemu_offset(self, t: Trace) -> clocks.Offset | None:
+        """How a QEMU trace's clock maps onto the reference clock.
+
+        On the reference host: the manifest's realtime/monotonic pairs (log backend) or nothing to do (simple
+        backend: CLOCK_MONOTONIC). On another node, or without pairs: causal pairs with the host-block trace
+        (the host queues a QEMU job's I/O between QEMU's submission and completion of that job).
+        """
+        if t.index in self._qoff:
+            return self._qoff[t.index]
+        ref_node = self.ref.split(":")[0]
+        clock = self.results[t.index].meta.get("clock")
+        off = None
+        if t.node == ref_node:
+            if clock == "realtime":
+                off = self.realtime_offset(t.node)
+            elif clock == "monotonic":
+                off = clocks.Offset.constant(f"{t.node}:monotonic", self.ref, 0, 0, "same clock")
+        if off is None and clock is not None:
+            from toolkit import lineage
+
+            off = lineage.qemu_host_offset(self, t)
+        self._qoff[t.index] = off
+        return off
+
+    def qemu_to_ref(self, times: pd.Series, t: Trace) -> np.ndarray:
+        """QEMU trace times (Int64 ns on the trace's clock) -> reference clock (float ns; NaN if unknown)."""
+        v = pd.array(times, dtype="Int64")
+        off = self.qemu_offset(t)
+        if off is None:
+            return np.full(len(v), np.nan)
+        if len(off.knots_t) == 1:  # integer ns: realtime does not fit a float
+            return (v + int(off.value(np.array([0]))[0])).to_numpy(np.float64, na_value=np.nan)
+        base = int(off.knots_t[0])
+        rel = (v - base).to_numpy(np.float64, na_value=np.nan)
+        return rel + np.interp(rel, (off.knots_t - base).astype(np.float64), off.mid().astype(np.float64)) + base
 
     def qemu_traces(self, guest: str | None = None) -> list[Trace]:
         return [t for t in self.ts.traces if t.layer == "qemu" and (guest is None or t.guest in (guest, None))]
@@ -188,14 +225,8 @@ class DiskAnalysis:
         return self.sa.realtime_offset(self.host_node)
 
     def qemu_to_ref(self, t: pd.Series, trace: Trace) -> np.ndarray:
-        """QEMU times to the reference clock (log: realtime -> monotonic; simple: already monotonic)."""
-        v = pd.array(t, dtype="Int64")
-        meta = self.sa.results[trace.index].meta
-        if meta.get("clock") == "realtime":
-            if self.rt_offset is None:
-                return np.full(len(v), np.nan)
-            v = v + int(self.rt_offset.value(np.array([0]))[0])  # integer ns: realtime does not fit a float
-        return v.to_numpy(np.float64, na_value=np.nan)
+        """QEMU times to the reference clock (see SetAnalysis.qemu_offset)."""
+        return self.sa.qemu_to_ref(t, trace)
 
     # ---------------------------------------------------------------- requests
     def df_guest_bios(self) -> pd.DataFrame:

@@ -323,3 +323,86 @@ def guest_flushes(da) -> pd.DataFrame:
                     .clip(max=2**62).astype(np.int64)]
     f["late_writes"] = f["rid"].map(late.groupby("flush_rid").size()).fillna(0).astype(np.int64)
     return f.reset_index(drop=True)
+
+
+def qemu_host_offset(sa, t) -> clocks.Offset | None:
+    """A QEMU trace's clock -> reference, from causal pairs with the host-block traces: a job QEMU submitted at
+    ``s`` and saw complete at ``c`` (its clock) was queued on the host device at ``Q`` (reference) by the same
+    thread, so ``Q - c <= offset <= Q - s``. Data writes pair by thread and length, fdatasync jobs with the
+    flush the same thread queued. Returns None without such pairs."""
+    from toolkit import qemu as qemu_mod
+
+    ev = sa.events(t)
+    j = qemu_mod.host_jobs(ev)
+    j = j[j["op"].isin(["write", "flush"]) & j["submit_ns"].notna() & j["complete_ns"].notna()]
+    hosts = [h for h in sa.ts.traces if h.layer == "host-block"]
+    if j.empty or not hosts:
+        return None
+    from toolkit.requests import block_requests
+
+    hb = pd.concat([block_requests(sa.events(h)) for h in hosts], ignore_index=True)
+    hb = hb[hb["q_ns"].notna() & hb["op"].isin(["write", "flush"])]
+    # QEMU logs a job from the thread that submits it; a worker thread of the same process queues the I/O:
+    # pair by process (host thread ids of the QEMU process from its threads file)
+    from toolkit import migration
+
+    th = migration.threads(sa)
+    mine = set(th.loc[th["trace"] == t.index, "tid"]) | ({t.pid} if t.pid is not None else set())
+    if not mine:
+        return None
+    hb = hb[hb["pid"].isin(mine)]
+    j = j.assign(tid=-1)
+    hb = hb.assign(pid=-1)
+    # on a raw device (the image is the traced device) a job's file offset is the host sector as well
+    raw = bool(sa.ts.disks) and all(len(d.mapping) == 1 and d.mapping[0].get("kind") == "raw" for d in sa.ts.disks)
+    if raw:
+        shift = int(sa.ts.disks[0].mapping[0].get("offset", 0)) // 512
+        jsec = np.where(j["op"] == "flush", -1, j["offset"].fillna(-1).to_numpy(np.int64) // 512 + shift)
+        hsec = np.where(hb["op"] == "flush", -1, hb["sector"].to_numpy(np.int64))
+        j = j.assign(tid=jsec)
+        hb = hb.assign(pid=hsec)
+    left = pd.DataFrame({"tid": j["tid"].to_numpy(np.int64), "op": j["op"].to_numpy(object),
+                         "n": np.where(j["op"] == "flush", 0, j["bytes"].fillna(0).to_numpy(np.int64) // 512),
+                         "s": j["submit_ns"].to_numpy(np.int64), "c": j["complete_ns"].to_numpy(np.int64)})
+    right = pd.DataFrame({"tid": hb["pid"].to_numpy(np.int64), "op": hb["op"].astype(object).to_numpy(),
+                          "n": np.where(hb["op"] == "flush", 0, hb["nsect"].to_numpy(np.int64)),
+                          "q": hb["q_ns"].to_numpy(np.int64)})
+    left["key"] = left["tid"].astype(str) + left["op"] + left["n"].astype(str)
+    right["key"] = right["tid"].astype(str) + right["op"] + right["n"].astype(str)
+    # coarse offset: the k-th job of a key against the k-th host request of the key
+    lk = left.sort_values("s").assign(k=lambda x: x.groupby("key").cumcount())
+    rk = right.sort_values("q").assign(k=lambda x: x.groupby("key").cumcount())
+    mm = lk.merge(rk, on=["key", "k"])
+    if len(mm) < 3:
+        return None
+    off0 = int(np.median(mm["q"] - mm["s"]))
+    left["t"] = left["s"] + off0
+    right["t"] = right["q"]
+    m = pd.merge_asof(left.sort_values("t"), right.sort_values("t")[["key", "t", "q"]], on="t", by="key",
+                      direction="forward", tolerance=MATCH_TOL_NS // 20).dropna(subset=["q"])
+    best = None
+    # page-cache writes reach the device later (writeback): when data pairs contradict, trust the flushes
+    for sel in (np.ones(len(m), bool), (m["op"] == "flush").to_numpy()):
+        env = _qemu_envelope(sa, t, m[sel])
+        if env is not None and (best is None or not env.conflicts):
+            best = env
+        if best is not None and not best.conflicts:
+            break
+    return best
+
+
+def _qemu_envelope(sa, t, m: pd.DataFrame) -> clocks.Offset | None:
+    lo, hi = (m["q"] - m["c"]).to_numpy(np.int64), (m["q"] - m["s"]).to_numpy(np.int64)
+    ok = lo <= hi
+    if ok.sum() < 3:
+        return None
+    # consistent pairs around the median (a stray match is far off)
+    mid = (lo + hi) // 2
+    dev = np.abs(mid - np.median(mid[ok]))
+    ok &= dev <= max(5 * float(np.median(dev[ok])), 200_000)
+    ts_ = m["s"].to_numpy(np.int64)[ok]
+    order = np.argsort(ts_)
+    clock = f"{t.node}:{sa.results[t.index].meta.get('clock')}"
+    env = clocks.causal_envelope(ts_[order], lo[ok][order], hi[ok][order], clock, sa.ref, max_fall=1e-4)
+    env.source = f"{int(ok.sum())} causal pairs (QEMU host jobs vs the host-block requests of its threads)"
+    return env

@@ -81,13 +81,7 @@ def node_events(sa) -> pd.DataFrame:
 
 
 def to_ref(sa, t: Trace, times: pd.Series) -> np.ndarray:
-    v = pd.array(times, dtype="Int64")
-    if sa.results[t.index].meta.get("clock") == "realtime":
-        off = sa.realtime_offset(t.node)
-        if off is None:
-            return np.full(len(v), np.nan)
-        v = v + int(off.value(np.array([0]))[0])
-    return v.to_numpy(np.float64, na_value=np.nan)
+    return sa.qemu_to_ref(times, t)
 
 
 def _first(ev: pd.DataFrame, mask) -> float:

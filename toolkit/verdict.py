@@ -122,8 +122,10 @@ def check_analysis(sa: SetAnalysis) -> CheckResult:
         off = da.guest_offset
         if off is not None:
             res.clocks[f"{off.clock}->{off.ref}"] = off.summary()
-        if da.rt_offset is not None:
-            res.clocks[f"{da.rt_offset.clock}->{da.rt_offset.ref}"] = da.rt_offset.summary()
+        for t in da.qemu_traces:
+            qo = sa.qemu_offset(t)
+            if qo is not None:
+                res.clocks[f"qemu {t.path} ({t.node}, {t.role})->{qo.ref}"] = {**qo.summary(), "clock": qo.clock}
     if not sa.ts.disks:
         res.cannot_check.append({"disk": None, "check": "all disk checks",
                                  "reason": "no [[disk]] in traceset.toml: say which guest device maps to which "
