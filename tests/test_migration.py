@@ -126,3 +126,32 @@ def test_destination_on_another_clock_is_aligned_by_causality(tmp_path):
     a, b = base.to_json()["migration"]["switchover_ns"], res.to_json()["migration"]["switchover_ns"]
     assert abs(a["destination_resume"] - b["destination_resume"]) <= unc + 2_000
     assert a["source_stop"] == b["source_stop"]
+
+
+def test_handover_without_the_source_flush_is_caught():
+    """The real migrate-none capture with the source's flush at VM stop removed from the host trace: the
+    source's last writes are no longer durable at the handover (migration-no-flush) and the destination writes
+    before they become durable (migration-overlap)."""
+    sa = SetAnalysis.load(TRACES / "migrate-none")
+    from toolkit import migration
+
+    h = migration.handover(sa)
+    hi = next(t.index for t in sa.ts.traces if t.layer == "host-block")
+    ev = sa.results[hi].events
+    stop, resume = h.times["source_stop"], h.times["destination_resume"]
+    src_flush_q = ev[(ev["action"] == "Q") & (ev["op"] == "flush") & (ev["time_ns"] > stop)
+                     & (ev["time_ns"] < resume)]
+    assert len(src_flush_q) == 1  # the flush QEMU's vm_stop_flush_all sent
+    t0 = int(src_flush_q["time_ns"].iloc[0])
+    # that flush's Q, G, D FN, C FN and the bio's zero-byte completion
+    drop = (ev["time_ns"] >= t0) & (ev["time_ns"] < resume) & ((ev["op"] == "flush") | (ev["nsect"] == 0)) & (
+        ev["action"].isin(["Q", "G", "D", "C"]))
+    sa.results[hi].events = ev[~drop].reset_index(drop=True)
+    res = check_analysis(sa)
+    s = res.summary()
+    assert s["migration-no-flush"] == 1 and s["migration-overlap"] == 1, [v.sentence for v in res.violations]
+    nf = next(v for v in res.violations if v.cls == "migration-no-flush")
+    assert nf.end_ns == int(resume) and "no flush" in nf.sentence
+    ov = next(v for v in res.violations if v.cls == "migration-overlap")
+    assert [r["what"] for r in ov.requests] == ["source write not yet durable", "first destination write"]
+    assert res.to_json()["migration"]["verdict"] == "unsafe"
