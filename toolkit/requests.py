@@ -28,8 +28,46 @@ _CHUNK = 1 << 18
 
 
 def _opclass(df: pd.DataFrame) -> np.ndarray:
-    op = df["op"].astype(object).to_numpy()
+    op = df["op"]
+    if isinstance(op.dtype, pd.CategoricalDtype):  # by category code: one lookup per category, not per row
+        lut = np.array([_OPCLASS.get(c, 0) for c in op.cat.categories] + [0], dtype=np.int8)
+        return lut[op.cat.codes.to_numpy()]
+    op = op.astype(object).to_numpy()
     return np.vectorize(lambda o: _OPCLASS.get(o, 0), otypes=[np.int8])(op) if len(op) else np.zeros(0, np.int8)
+
+
+#: the event columns the request builders read (the others are not carried through their sorts)
+_COLUMNS = ("time_ns", "pos", "device", "action", "op", "sector", "nsect", "error", "preflush", "fua", "sync",
+            "meta", "pid", "comm")
+
+
+def _select(events: pd.DataFrame, actions: list[str]) -> pd.DataFrame:
+    """The rows of ``actions`` and the columns used here, sorted by (time_ns, pos) (stable)."""
+    ev = events.loc[events["action"].isin(actions).to_numpy(), [c for c in _COLUMNS if c in events.columns]]
+    t, p = ev["time_ns"].to_numpy(), ev["pos"].to_numpy()
+    if len(t) > 1:
+        dt = np.diff(t)
+        tie = dt == 0
+        if not ((dt >= 0).all() and (not tie.any() or (np.diff(p)[tie] >= 0).all())):
+            ev = ev.take(np.lexsort((p, t)))
+    return ev
+
+
+def _devices(ev: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
+    """Device codes in order of first appearance and their names (``pd.factorize`` of the names as text)."""
+    dev = ev["device"]
+    if isinstance(dev.dtype, pd.CategoricalDtype) and not dev.isna().any():
+        codes, first = pd.factorize(dev.cat.codes.to_numpy())
+        return codes, dev.cat.categories.astype(str)[first]
+    return pd.factorize(dev.astype(str))
+
+
+def _by_device(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by (_dev, time_ns, pos), stable; ``df`` is sorted by (time_ns, pos) already."""
+    d = df["_dev"].to_numpy()
+    if len(d) and (d == d[0]).all():
+        return df
+    return df.take(np.argsort(d, kind="stable"))
 
 
 def _first_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e, *, exact: bool,
@@ -98,9 +136,9 @@ def _fifo_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e) -> np.
         ok = m >= 0
         oki = np.flatnonzero(ok)
         # the first query (in time order) that claims a candidate wins it; the others search again
-        first_claim = pd.Series(oki).groupby(m[oki]).transform("min").to_numpy()
+        _, first = np.unique(m[oki], return_index=True)  # oki is ascending: the first claim of each candidate
         win = np.zeros(len(todo), dtype=bool)
-        win[oki] = first_claim == oki
+        win[oki[first]] = True
         out[todo[win]] = m[win]
         taken[m[win]] = True
         todo = todo[ok & ~win]
@@ -114,18 +152,16 @@ def block_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> 
     ``d2c_ns``, ``q2c_ns`` (ns), ``req_sector``/``req_nsect`` (extent of the issued request).
     Times are on the trace's clock.
     """
-    ev = events[events["action"].isin(["Q", "G", "M", "F", "D", "C", "R"])]
-    ev = ev.sort_values(["time_ns", "pos"], kind="stable")
-    dev_codes, dev_names = pd.factorize(ev["device"].astype(str))
+    ev = _select(events, ["Q", "G", "M", "F", "D", "C", "R"])
+    dev_codes, dev_names = _devices(ev)
     ev = ev.assign(_dev=dev_codes, _cls=_opclass(ev), _e=ev["sector"] + ev["nsect"])
 
     def part(a: str) -> pd.DataFrame:
-        x = ev[ev["action"] == a]
-        return x.sort_values(["_dev", "time_ns", "pos"], kind="stable")
+        return _by_device(ev[(ev["action"] == a).to_numpy()])
 
     Q, G, M, F, D, C = (part(a) for a in ("Q", "G", "M", "F", "D", "C"))
     GM = pd.concat([G.assign(_merged=False), M.assign(_merged=True), F.assign(_merged=True)])
-    GM = GM.sort_values(["_dev", "time_ns", "pos"], kind="stable")
+    GM = GM.take(np.lexsort((GM["pos"].to_numpy(), GM["time_ns"].to_numpy(), GM["_dev"].to_numpy())))
 
     def arr(df):
         return (df["_dev"].to_numpy(), df["time_ns"].to_numpy(), df["_cls"].to_numpy(),
@@ -282,11 +318,11 @@ def dispatched_requests(events: pd.DataFrame, *, node: str = "", layer: str = ""
     without FUA arrives as a write and then a flush (``D FN``). REQUESTS schema; ``q_ns`` is null, ``sector``
     is -1 for flushes, and ``c_ns``/``error`` come from the ``C`` with the same extent (FIFO).
     """
-    ev = events[events["action"].isin(["D", "C"])].sort_values(["time_ns", "pos"], kind="stable")
-    dev_codes, dev_names = pd.factorize(ev["device"].astype(str))
+    ev = _select(events, ["D", "C"])
+    dev_codes, dev_names = _devices(ev)
     ev = ev.assign(_dev=dev_codes, _cls=_opclass(ev), _e=ev["sector"] + ev["nsect"])
-    D = ev[ev["action"] == "D"].sort_values(["_dev", "time_ns", "pos"], kind="stable")
-    C = ev[ev["action"] == "C"].sort_values(["_dev", "time_ns", "pos"], kind="stable")
+    D = _by_device(ev[(ev["action"] == "D").to_numpy()])
+    C = _by_device(ev[(ev["action"] == "C").to_numpy()])
 
     def arr(df):
         return (df["_dev"].to_numpy(), df["time_ns"].to_numpy(), df["_cls"].to_numpy(),
