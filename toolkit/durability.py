@@ -61,6 +61,17 @@ def first_covering_flush(w_c: np.ndarray, f_d: np.ndarray) -> np.ndarray:
     return np.where(k < len(order), order[np.minimum(k, len(order) - 1)], -1)
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an integer array by sorting (numpy's hash-based unique is several times slower here)."""
+    a = np.sort(a)
+    if len(a) == 0:
+        return a
+    keep = np.empty(len(a), dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def _segments(bounds: np.ndarray, start: np.ndarray, end: np.ndarray):
     """Expand ranges into elementary segment ids: returns (row index, segment id) pairs."""
     a = np.searchsorted(bounds, start, side="left")
@@ -92,7 +103,7 @@ def carried_durable(gw: pd.DataFrame, hw: pd.DataFrame) -> pd.DataFrame:
         return empty
     gs, ge = gw["h_sector"].to_numpy(np.int64), (gw["h_sector"] + gw["nsect"]).to_numpy(np.int64)
     hs, he = hw["sector"].to_numpy(np.int64), (hw["sector"] + hw["nsect"]).to_numpy(np.int64)
-    bounds = np.unique(np.concatenate([gs, ge, hs, he]))
+    bounds = _sorted_unique(np.concatenate([gs, ge, hs, he]))
     gi, gseg = _segments(bounds, gs, ge)
     hi, hseg = _segments(bounds, hs, he)
     if len(hi) == 0:

@@ -111,9 +111,10 @@ def _lifecycles(f: pd.DataFrame) -> pd.DataFrame:
 
     def first_of(mask: np.ndarray) -> np.ndarray:
         """Per lifecycle, the row of its first event in ``mask`` (-1 if none)."""
-        u, k = np.unique(lid[mask], return_index=True)
+        lm = lid[mask]  # ascending
+        k = np.flatnonzero(np.concatenate([[True], lm[1:] != lm[:-1]])) if len(lm) else np.zeros(0, np.int64)
         p = np.full(n, -1, dtype=np.int64)
-        p[u] = rows[mask][k]
+        p[lm[k]] = rows[mask][k]
         return p
 
     hp, cp, rp = first_of(is_handle), first_of(is_done), first_of(is_rw_all[rows])
