@@ -43,34 +43,41 @@ def crash_reorder(da) -> list[Violation]:
     b_arg = np.minimum.accumulate(np.where(b_q == b_smin, idx, len(b_q))[::-1])[::-1]
     ka = np.searchsorted(a_c, f["g_d"].to_numpy(np.float64), side="left") - 1   # last a completed before F issued
     kb = np.searchsorted(b_d, f["g_c"].to_numpy(np.float64), side="right")      # first b issued after F completed
-    out = []
     span_end = int(da.host_events["time_ns"].max()) if len(da.host_events) else None
-    for i, fl in enumerate(f.itertuples()):
-        if ka[i] < 0 or kb[i] >= len(b_d):
-            continue
-        max_a, min_b = int(a_pmax[ka[i]]), int(b_smin[kb[i]])
-        if min_b == NEVER or not (min_b < max_a):
-            continue
-        if max_a == NEVER and (span_end is None or min_b > span_end):
-            continue
-        wa = a.iloc[int(a_arg[ka[i]])]
-        wb = b.iloc[int(b_arg[kb[i]])]
-        unc = float(wa["h_unc"] or 0) + float(wb["h_unc"] or 0)
-        uncertain = (max_a - min_b) <= unc
-        end = None if max_a == NEVER else max_a
-        sent = (f"after guest flush #{fl.rid} completed at {fmt_s(fl.h_ack, t0)}, write #{int(wb['rid'])} (sectors "
-                f"{int(wb['sector'])}+{int(wb['nsect'])}) reached the host disk at {fmt_s(min_b, t0)} while write "
+    # every flush at once: the witnesses' times, then a Python step only per window found
+    ok = (ka >= 0) & (kb < len(b_d))
+    ka_, kb_ = np.clip(ka, 0, len(a_pmax) - 1), np.clip(kb, 0, len(b_smin) - 1)
+    max_a = np.where(ok, a_pmax[ka_], 0)
+    min_b = np.where(ok, b_smin[kb_], NEVER)
+    hit = ok & (min_b != NEVER) & (min_b < max_a)
+    hit &= ~((max_a == NEVER) & (True if span_end is None else (min_b > span_end)))
+    out = []
+    col = {c: a[c].to_numpy() for c in ("rid", "sector", "nsect", "g_c", "via_rid")}
+    a_unc = a["h_unc"].to_numpy(np.float64)
+    colb = {c: b[c].to_numpy() for c in ("rid", "sector", "nsect", "g_d", "first_rid")}
+    b_unc = b["h_unc"].to_numpy(np.float64)
+    f_rid, f_ack, f_gd, f_gc = (f[c].to_numpy() for c in ("rid", "h_ack", "g_d", "g_c"))
+    for i in np.flatnonzero(hit):
+        ia, ib = int(a_arg[ka[i]]), int(b_arg[kb[i]])
+        mxa, mnb = int(max_a[i]), int(min_b[i])
+        wa = {c: v[ia] for c, v in col.items()}
+        wb = {c: v[ib] for c, v in colb.items()}
+        unc = float(a_unc[ia] or 0) + float(b_unc[ib] or 0)
+        uncertain = (mxa - mnb) <= unc
+        end = None if mxa == NEVER else mxa
+        sent = (f"after guest flush #{f_rid[i]} completed at {fmt_s(f_ack[i], t0)}, write #{int(wb['rid'])} (sectors "
+                f"{int(wb['sector'])}+{int(wb['nsect'])}) reached the host disk at {fmt_s(mnb, t0)} while write "
                 f"#{int(wa['rid'])} (sectors {int(wa['sector'])}+{int(wa['nsect'])}), which the flush covered, "
                 + ("was not durable before the trace ended" if end is None else f"was durable only at {fmt_s(end, t0)}")
                 + ": a crash in between leaves the later write without the earlier one")
         out.append(Violation(
-            "crash-reorder", da.disk.guest + "," + da.host_node, "host-block", min_b, end,
+            "crash-reorder", da.disk.guest + "," + da.host_node, "host-block", mnb, end,
             int(wa["sector"]), int(wa["nsect"]),
-            [_req("guest-block", fl.rid, "guest flush", g_d=fl.g_d, g_c=fl.g_c),
-             _req("guest-block", wa["rid"], "write covered by the flush (a)", g_c=wa["g_c"], durable_ns=max_a),
-             _req("host-block", wa["via_rid"], "host write that made (a) durable", durable_ns=max_a),
+            [_req("guest-block", f_rid[i], "guest flush", g_d=f_gd[i], g_c=f_gc[i]),
+             _req("guest-block", wa["rid"], "write covered by the flush (a)", g_c=wa["g_c"], durable_ns=mxa),
+             _req("host-block", wa["via_rid"], "host write that made (a) durable", durable_ns=mxa),
              _req("guest-block", wb["rid"], "write issued after the flush (b)", g_d=wb["g_d"]),
-             _req("host-block", wb["first_rid"], "host write carrying (b)", q_ns=min_b)],
+             _req("host-block", wb["first_rid"], "host write carrying (b)", q_ns=mnb)],
             bool(uncertain), sent, da.name, {"witness_a": int(wa["rid"]), "witness_b": int(wb["rid"])}))
     return out
 
