@@ -531,6 +531,14 @@ def make_recorder(kind: str, devices: list[HostDevice], outdir: Path, force: boo
 
 
 # -------------------------------------------------------------------------------------------------- threads
+def pid_running(pid: int) -> bool:
+    stat_ = _read(f"/proc/{pid}/stat")
+    if not stat_:
+        return False
+    state = stat_.rpartition(")")[2].split()[:1]
+    return state != ["Z"] and state != ["X"]
+
+
 class ThreadSampler(threading.Thread):
     """Samples ``/proc/PID/task`` of each QEMU process every ``interval`` s: tid -> pid, role, comm, first/last seen."""
 
@@ -547,7 +555,8 @@ class ThreadSampler(threading.Thread):
         self.sample()
 
     def alive(self) -> list[int]:
-        return [p for p in self.pids if os.path.exists(f"/proc/{p}")]
+        """Pids still running (a zombie, exited but not yet reaped by its parent, is not)."""
+        return [p for p in self.pids if pid_running(p)]
 
     def sample(self) -> None:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
