@@ -81,6 +81,9 @@ def _first_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e, *, ex
     out = np.full(n, -1, dtype=np.int64)
     if n == 0 or len(c_t) == 0:
         return out
+    if exact:
+        kq, kc = _extent_keys((q_dev, q_cls, q_s, q_e), (c_dev, c_cls, c_s, c_e))
+        return _exact_lookup(kq, _starts(q_dev, q_t, c_dev, c_t), kc, None if taken is None else ~taken)
     for dev in np.unique(q_dev):
         qi = np.flatnonzero(q_dev == dev)
         lo, hi = np.searchsorted(c_dev, dev, "left"), np.searchsorted(c_dev, dev, "right")
@@ -118,6 +121,55 @@ def _first_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e, *, ex
     return out
 
 
+def _starts(q_dev, q_t, c_dev, c_t) -> np.ndarray:
+    """Per query, the first candidate of its device at or after ``q_t`` (candidates sorted by (dev, t)); -1 when
+    its device has no candidate."""
+    st = np.full(len(q_t), -1, dtype=np.int64)
+    for dev in pd.unique(q_dev):
+        qi = np.flatnonzero(q_dev == dev)
+        lo, hi = np.searchsorted(c_dev, dev, "left"), np.searchsorted(c_dev, dev, "right")
+        if lo < hi:
+            st[qi] = np.searchsorted(c_t[lo:hi], q_t[qi], "left") + lo
+    return st
+
+
+def _extent_keys(q_cols, c_cols) -> tuple[np.ndarray, np.ndarray]:
+    """One id per distinct (dev, class, start, end), shared by queries and candidates."""
+    cols = [np.concatenate([np.asarray(a, np.int64), np.asarray(b, np.int64)])
+            for a, b in zip(q_cols, c_cols, strict=True)]
+    nq = len(cols[0]) - len(np.asarray(c_cols[0]))
+    o = np.lexsort(cols[::-1])
+    new = np.zeros(len(o), dtype=bool)
+    if len(o):
+        new[0] = True
+    for c in cols:
+        co = c[o]
+        new[1:] |= co[1:] != co[:-1]
+    gid = np.empty(len(o), dtype=np.int64)
+    gid[o] = np.cumsum(new) - 1
+    return gid[:nq], gid[nq:]
+
+
+def _exact_lookup(kq: np.ndarray, st: np.ndarray, kc: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+    """For each query, the first available candidate j >= its start ``st`` with the same key, within the widest
+    window (``j - st < WINDOWS[-1]``: what the windowed scan of ``_first_match`` finds); -1 if none.
+
+    A binary search per query over the candidates sorted by (key, j): no scan of the candidates between."""
+    m = len(kc)
+    cj = np.arange(m) if avail is None else np.flatnonzero(avail)
+    out = np.full(len(kq), -1, dtype=np.int64)
+    if len(cj) == 0 or len(kq) == 0:
+        return out
+    o = np.lexsort((cj, kc[cj]))
+    K, J = kc[cj][o], cj[o]
+    V = K * (m + 1) + J  # ascending
+    p = np.searchsorted(V, kq * (m + 1) + np.maximum(st, 0), "left")
+    pc = np.minimum(p, len(V) - 1)
+    ok = (st >= 0) & (p < len(V)) & (K[pc] == kq) & (J[pc] - st < WINDOWS[-1])
+    out[ok] = J[pc[ok]]
+    return out
+
+
 def _fifo_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e) -> np.ndarray:
     """Exact-extent FIFO matching: like ``_first_match(exact=True)`` but no candidate is used twice.
 
@@ -126,13 +178,16 @@ def _fifo_match(q_dev, q_t, q_cls, q_s, q_e, c_dev, c_t, c_cls, c_s, c_e) -> np.
     """
     order = np.lexsort((q_t, q_dev))
     out = np.full(len(q_t), -1, dtype=np.int64)
+    if len(q_t) == 0 or len(c_t) == 0:
+        return out
     taken = np.zeros(len(c_t), dtype=bool)
+    kq, kc = _extent_keys((q_dev, q_cls, q_s, q_e), (c_dev, c_cls, c_s, c_e))
+    st = _starts(q_dev, q_t, c_dev, c_t)
     todo = order
     for _ in range(64):
         if len(todo) == 0:
             break
-        m = _first_match(q_dev[todo], q_t[todo], q_cls[todo], q_s[todo], q_e[todo],
-                         c_dev, c_t, c_cls, c_s, c_e, exact=True, taken=taken)
+        m = _exact_lookup(kq[todo], st[todo], kc, ~taken)  # = _first_match(exact=True, taken=taken)
         ok = m >= 0
         oki = np.flatnonzero(ok)
         # the first query (in time order) that claims a candidate wins it; the others search again
