@@ -33,6 +33,13 @@ def _durable_text(ns: int, t0: int) -> str:
     return "was not durable before the trace ended" if ns == NEVER else f"was durable on the host at {fmt_s(ns, t0)}"
 
 
+def _desc_order(v: np.ndarray) -> np.ndarray:
+    """Positions of ``v`` largest first, tie order as ``DataFrame.sort_values(ascending=False)`` (pandas' nargsort:
+    quicksort of the reversed values, reversed back)."""
+    rev = np.arange(len(v))[::-1]
+    return rev[v[::-1].argsort(kind="quicksort")][::-1]
+
+
 def evaluated_writes(da) -> pd.DataFrame:
     """Guest writes with a deadline (the h_ack of the flush that promised them) and the verdict columns
     ``late`` (certainly not durable by the deadline), ``maybe_late`` (inside the timing uncertainty) and
@@ -90,41 +97,61 @@ def check(da) -> list[Violation]:
     t0 = da.t0
     flushes = f.set_index("rid")
     bad = w[(w["late"] | w["maybe_late"]) & ~w["fua"]]
-    for frid, grp in bad.groupby("flush_rid", sort=True):
-        fl = flushes.loc[frid]
-        worst = grp.sort_values("hd_opt_ns").iloc[-1]
-        certain = bool(grp["late"].any())
-        sent = (f"guest flush #{frid} completed at {fmt_s(fl['h_ack'], t0)} (QEMU told the guest); "
-                f"write #{int(worst['rid'])} (sectors {int(worst['sector'])}+{int(worst['nsect'])}), which it "
-                f"covered, reached the host disk at {fmt_s(worst['first_host_q_ns'] if worst['first_host_q_ns'] != NEVER else None, t0)} "
-                f"and {_durable_text(int(worst['hd_opt_ns']), t0)}"
-                + (f"; {len(grp)} covered writes were late" if len(grp) > 1 else ""))
-        if not certain:
-            sent += " (within the timing uncertainty: the host write may already have carried the data)"
-        reqs = [_req("guest-block", frid, "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
-                _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"], h_ack=fl["h_ack"])]
-        for _, x in grp.sort_values("hd_opt_ns", ascending=False).head(8).iterrows():
-            reqs += [_req("guest-block", x["rid"], "covered write", g_d=x["g_d"], g_c=x["g_c"]),
-                     _req("host-block", x["first_rid"], "first host write carrying its data",
-                          q_ns=x["first_host_q_ns"]),
-                     _req("host-block", x["via_rid"], "host write that made it durable", durable_ns=x["hd_opt_ns"])]
-        end = int(grp["hd_opt_ns"].max())
-        out.append(Violation("flush-not-durable", da.disk.guest + "," + da.host_node, "host-block",
-                             int(fl["h_ack"]), None if end == NEVER else end, int(worst["sector"]),
-                             int(worst["nsect"]), reqs, not certain, sent, da.name,
-                             {"late_writes": int(len(grp)), "certain": int(grp["late"].sum())}))
+    # one Python step per finding, on numpy columns (no per-finding DataFrame lookups or sorts)
+    if len(bad):
+        bad = bad.sort_values("flush_rid", kind="stable")  # groups contiguous, rows in their order within
+        col = {c: bad[c].to_numpy() for c in ("rid", "sector", "nsect", "g_d", "g_c", "first_rid", "first_host_q_ns",
+                                              "via_rid", "hd_opt_ns", "late")}
+        hd = col["hd_opt_ns"]
+        frids = bad["flush_rid"].to_numpy()
+        cuts = np.flatnonzero(np.concatenate([[True], frids[1:] != frids[:-1], [True]]))
+        fpos = pd.Index(flushes.index).get_indexer(frids[cuts[:-1]])
+        fcol = {c: flushes[c].to_numpy() for c in ("h_ack", "g_d", "g_c", "qid", "h_handle")}
+        for gi, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            frid, fp = frids[lo], fpos[gi]
+            fl = {c: v[fp] for c, v in fcol.items()}
+            g_hd = hd[lo:hi]
+            worst = lo + int(np.argsort(g_hd, kind="quicksort")[-1])  # as DataFrame.sort_values("hd_opt_ns")
+            n_late = int(col["late"][lo:hi].sum())
+            certain = n_late > 0
+            wq = col["first_host_q_ns"][worst]
+            sent = (f"guest flush #{frid} completed at {fmt_s(fl['h_ack'], t0)} (QEMU told the guest); "
+                    f"write #{int(col['rid'][worst])} (sectors {int(col['sector'][worst])}+{int(col['nsect'][worst])}), "
+                    f"which it covered, reached the host disk at {fmt_s(wq if wq != NEVER else None, t0)} "
+                    f"and {_durable_text(int(hd[worst]), t0)}"
+                    + (f"; {hi - lo} covered writes were late" if hi - lo > 1 else ""))
+            if not certain:
+                sent += " (within the timing uncertainty: the host write may already have carried the data)"
+            reqs = [_req("guest-block", frid, "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
+                    _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"], h_ack=fl["h_ack"])]
+            for x in lo + _desc_order(g_hd)[:8]:  # as sort_values("hd_opt_ns", ascending=False).head(8)
+                reqs += [_req("guest-block", col["rid"][x], "covered write", g_d=col["g_d"][x], g_c=col["g_c"][x]),
+                         _req("host-block", col["first_rid"][x], "first host write carrying its data",
+                              q_ns=col["first_host_q_ns"][x]),
+                         _req("host-block", col["via_rid"][x], "host write that made it durable",
+                              durable_ns=col["hd_opt_ns"][x])]
+            end = int(g_hd.max())
+            out.append(Violation("flush-not-durable", da.disk.guest + "," + da.host_node, "host-block",
+                                 int(fl["h_ack"]), None if end == NEVER else end, int(col["sector"][worst]),
+                                 int(col["nsect"][worst]), reqs, not certain, sent, da.name,
+                                 {"late_writes": int(hi - lo), "certain": n_late}))
     # FUA writes
-    for _, x in w[(w["late"] | w["maybe_late"]) & w["fua"]].iterrows():
+    fw = w[(w["late"] | w["maybe_late"]) & w["fua"]]
+    if len(fw):
         kind = "FUA write" if da.guest_write_cache else "write (on a disk it sees as write-through)"
-        sent = (f"guest {kind} #{int(x['rid'])} (sectors {int(x['sector'])}+{int(x['nsect'])}) completed at "
-                f"{fmt_s(x['h_ack'], t0)} and {_durable_text(int(x['hd_opt_ns']), t0)}"
-                + ("" if x["late"] else " (within the timing uncertainty)"))
-        out.append(Violation("fua-not-durable", da.disk.guest + "," + da.host_node, "host-block",
-                             int(x["h_ack"]), None if x["hd_opt_ns"] == NEVER else int(x["hd_opt_ns"]),
-                             int(x["sector"]), int(x["nsect"]),
-                             [_req("guest-block", x["rid"], "FUA write", g_d=x["g_d"], g_c=x["g_c"]),
-                              _req("host-block", x["via_rid"], "host write", durable_ns=x["hd_opt_ns"])],
-                             not bool(x["late"]), sent, da.name))
+        col = {c: fw[c].to_numpy() for c in ("rid", "sector", "nsect", "h_ack", "hd_opt_ns", "late", "g_d", "g_c",
+                                             "via_rid")}
+        for i in range(len(fw)):
+            x = {c: v[i] for c, v in col.items()}
+            sent = (f"guest {kind} #{int(x['rid'])} (sectors {int(x['sector'])}+{int(x['nsect'])}) completed at "
+                    f"{fmt_s(x['h_ack'], t0)} and {_durable_text(int(x['hd_opt_ns']), t0)}"
+                    + ("" if x["late"] else " (within the timing uncertainty)"))
+            out.append(Violation("fua-not-durable", da.disk.guest + "," + da.host_node, "host-block",
+                                 int(x["h_ack"]), None if x["hd_opt_ns"] == NEVER else int(x["hd_opt_ns"]),
+                                 int(x["sector"]), int(x["nsect"]),
+                                 [_req("guest-block", x["rid"], "FUA write", g_d=x["g_d"], g_c=x["g_c"]),
+                                  _req("host-block", x["via_rid"], "host write", durable_ns=x["hd_opt_ns"])],
+                                 not bool(x["late"]), sent, da.name))
     # flushes not forwarded: covered data not durable when the flush reached QEMU, and no host flush at all
     # until it completed
     not_durable_at_arrival = w[w["flush_rid"] >= 0]
@@ -132,17 +159,21 @@ def check(da) -> list[Violation]:
     pending = not_durable_at_arrival[not_durable_at_arrival["hd_opt_ns"].to_numpy(np.float64) > arr]
     pend_count = pending.groupby("flush_rid").size()
     nf = f[(f["host_flushes"] == 0) & (f["host_flush_bios"] == 0) & f["rid"].isin(pend_count.index)]
-    for _, fl in nf.iterrows():
-        n = int(pend_count[fl["rid"]])
-        sent = (f"guest flush #{int(fl['rid'])} reached QEMU at {fmt_s(fl['h_handle'], t0)} and completed at "
-                f"{fmt_s(fl['h_ack'], t0)} with no flush of the host device in between, while {n} write(s) it "
-                f"covered were not durable on the host")
-        out.append(Violation("flush-not-forwarded", da.disk.guest + "," + da.host_node, "qemu",
-                             int(fl["h_handle"]), int(fl["h_ack"]), None, None,
-                             [_req("guest-block", fl["rid"], "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
-                              _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"],
-                                   h_ack=fl["h_ack"])],
-                             bool(fl["h_unc"] > 10 * 2_000), sent, da.name, {"pending_writes": n}))
+    if len(nf):
+        col = {c: nf[c].to_numpy() for c in ("rid", "h_handle", "h_ack", "g_d", "g_c", "qid", "h_unc")}
+        pend = pend_count.reindex(col["rid"]).to_numpy()
+        for i in range(len(nf)):
+            fl = {c: v[i] for c, v in col.items()}
+            n = int(pend[i])
+            sent = (f"guest flush #{int(fl['rid'])} reached QEMU at {fmt_s(fl['h_handle'], t0)} and completed at "
+                    f"{fmt_s(fl['h_ack'], t0)} with no flush of the host device in between, while {n} write(s) it "
+                    f"covered were not durable on the host")
+            out.append(Violation("flush-not-forwarded", da.disk.guest + "," + da.host_node, "qemu",
+                                 int(fl["h_handle"]), int(fl["h_ack"]), None, None,
+                                 [_req("guest-block", fl["rid"], "guest flush", g_d=fl["g_d"], g_c=fl["g_c"]),
+                                  _req("qemu", fl["qid"], "QEMU flush request", h_handle=fl["h_handle"],
+                                       h_ack=fl["h_ack"])],
+                                 bool(fl["h_unc"] > 10 * 2_000), sent, da.name, {"pending_writes": n}))
     # exposure at the end
     span = _host_span(da)
     end = w[(w["hd_opt_ns"] == NEVER) & w["mapped"] & w["h_handle"].notna()]
