@@ -22,10 +22,21 @@ def _host_span(da) -> tuple[int, int] | None:
     return int(ev["time_ns"].min()), int(ev["time_ns"].max())
 
 
+def _null(v) -> bool:
+    """``pd.isna`` for the scalars met here (None, NA, NaN; numpy or Python numbers), without its dispatch."""
+    if v is None or v is pd.NA:
+        return True
+    if isinstance(v, (int, np.integer, bool, np.bool_)):
+        return False
+    if isinstance(v, float):  # np.float64 too
+        return v != v
+    return bool(pd.isna(v))
+
+
 def _req(layer: str, rid, what: str, **times) -> dict:
-    d = {"layer": layer, "id": None if rid is None or pd.isna(rid) else int(rid), "what": what}
+    d = {"layer": layer, "id": None if _null(rid) else int(rid), "what": what}
     for k, v in times.items():
-        d[k] = None if v is None or pd.isna(v) or v == NEVER else int(v)
+        d[k] = None if _null(v) or v == NEVER else int(v)
     return d
 
 
