@@ -1,4 +1,4 @@
-"""``writeorder ingest``: parse a set once (Parquet cache) and summarise each trace."""
+"""``writeorder ingest``: parse a set once (Parquet store) and summarise each trace."""
 
 from __future__ import annotations
 
@@ -7,30 +7,32 @@ from collections.abc import Callable
 from toolkit import store, traceset
 from toolkit.traceset import TraceSet
 
+_SUMMARY_KEYS = ("events", "rejects", "first_ns", "last_ns", "clock", "actions")
 
-def summarise_set(path: str, *, use_cache: bool = True, progress: Callable[[str], None] | None = None
-                  ) -> tuple[TraceSet, list[dict]]:
-    """Per-trace summary dicts: path, format, layer, node, role, events, rejects, first_ns, last_ns, actions."""
-    ts = traceset.load(path)
-    results = store.ingest(ts, use_cache=use_cache, progress=progress)
+
+def summarise_set(path, *, use_cache: bool = True, progress: Callable[[str], None] | None = None,
+                  runner=None, ts: TraceSet | None = None) -> tuple[TraceSet, list[dict]]:
+    """Per-trace summary dicts: path, format, layer, node, role, events, rejects, first_ns, last_ns, actions.
+
+    The summaries are made at ingest and kept in the store, so a set already in the store is summarised without
+    reading its events back. ``runner``: see :func:`toolkit.store.update` (dask, one task per trace)."""
+    ts = ts if ts is not None else traceset.load(path)
+    entries, _ = store.update(ts, use_cache=use_cache, progress=progress, keep=False, runner=runner)
+    return ts, summaries(ts, entries)
+
+
+def summaries(ts: TraceSet, entries: dict[int, dict]) -> list[dict]:
+    """The summary dicts of ``summarise_set`` from the store entries of ``ts`` (by trace index)."""
     out = []
     for t in ts.traces:
-        r = results[t.index]
-        ev = r.events
-        col = "event" if t.format.startswith("qemu") else "action"
-        counts = ev[col].astype(str).value_counts()
-        times = ev["time_ns"].dropna()
+        s = entries[t.index]["summary"]
         out.append({
             "path": t.path, "format": t.format, "layer": t.layer, "node": t.node,
             "role": t.role if t.layer == "qemu" else None,
             "files": len(t.files),
-            "events": int(len(ev)), "rejects": int(len(r.rejects)),
-            "first_ns": int(times.min()) if len(times) else None,
-            "last_ns": int(times.max()) if len(times) else None,
-            "clock": r.meta.get("clock"),
-            "actions": {str(k): int(v) for k, v in sorted(counts.items())},
+            **{k: s[k] for k in _SUMMARY_KEYS},
         })
-    return ts, out
+    return out
 
 
 def format_summary(ts: TraceSet, summary: list[dict]) -> str:

@@ -1,9 +1,26 @@
-"""Parquet cache of parsed trace sets.
+"""Parquet store of parsed trace sets: one partitioned dataset per set, re-ingested per trace.
 
-``ingest(ts)`` parses every trace of a set once and stores, per trace, ``events.parquet``, ``rejects.parquet``
-and ``meta.json`` under the set's cache folder, with ``store.json`` recording the source files (size, mtime,
-BLAKE2 hash) and the parser version (a hash of the parser code). A trace whose files or parser changed is parsed
-again; the others are read back from Parquet.
+``ingest(ts)`` parses every trace of a set once and keeps the events as a Parquet dataset (Arrow types, zstd)::
+
+    <cache>/store.json                                     what is stored (below), written last, atomically
+    <cache>/block/node=<node>/layer=<layer>/dev=<major,minor>/trace=<key>/<fp>.parquet   block events
+    <cache>/qemu/node=<node>/layer=qemu/dev=<pid...>/trace=<key>/<fp>.parquet            QEMU events
+    <cache>/rejects/<key>-<fp>.parquet                     the rejects of that trace
+
+``store.json`` records per trace (``key``: a hash of node, layer, path and format, so reordering or adding
+``[[trace]]`` entries does not touch the others) the source files (name, size, mtime, BLAKE2 hash), the parser
+version (a hash of the parser code), the parts written, the event/reject counts, the category order of each
+categorical column, the parser's ``meta`` and the ingest summary. A trace whose files (added, removed or
+changed content) or parser changed is parsed again; nothing else is. The unit of re-ingest is the trace, not the
+file, because a parser merges a trace's per-CPU files (time order across CPUs, process names from notify
+records of any CPU): parsing one file alone would not give the same table. A file whose size and mtime are
+those recorded is not hashed again.
+
+Reading back gives exactly the parser's table (same rows in the same order, same dtypes and category order):
+each part carries a ``_row`` column (the row number in the parser's output). ``dataset(ts, kind)`` and
+``read(ts, kind, node=, layer=, device=, start_ns=, end_ns=)`` read the store with pyarrow.dataset filters, by
+partition (node, layer, device) and by time (row-group statistics on ``time_ns``, which is sorted per part
+for block traces), so a reader holds only the slice it asked for.
 
 The cache lives in ``<set>/.writeorder/`` when the set's folder is writable, otherwise in
 ``$XDG_CACHE_HOME/writeorder/<hash of the set's path>/``; ``WRITEORDER_CACHE`` overrides both.
@@ -14,10 +31,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
 
 from toolkit import parsers
 from toolkit.events import BLOCK_EVENTS, QEMU_EVENTS, REJECTS
@@ -25,14 +49,26 @@ from toolkit.parsers import ParseResult
 from toolkit.traceset import Trace, TraceSet
 
 _CODE = Path(__file__).parent
+STORE_VERSION = 2
+#: rows per Parquet row group (and per conversion slice while writing: bounds the extra memory of a write)
+ROW_GROUP = 1 << 20
+KINDS = ("block", "qemu")
+PARTITIONING = pds.partitioning(pa.schema([("node", pa.string()), ("layer", pa.string()), ("dev", pa.string()),
+                                           ("trace", pa.string())]), flavor="hive")
+
+_parser_version: str | None = None
 
 
 def parser_version() -> str:
-    """A hash of the parser and schema code: a cache written by other code is not reused."""
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted([*_CODE.glob("parsers/*.py"), _CODE / "events.py", _CODE / "fileio.py"]):
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    """A hash of the parser and schema code: a store written by other code is not reused."""
+    global _parser_version
+    if _parser_version is None:
+        h = hashlib.blake2b(digest_size=8)
+        for f in sorted([*_CODE.glob("parsers/*.py"), _CODE / "events.py", _CODE / "fileio.py"]):
+            h.update(f.read_bytes())
+        h.update(f"store{STORE_VERSION}".encode())
+        _parser_version = h.hexdigest()
+    return _parser_version
 
 
 def cache_dir(ts: TraceSet) -> Path:
@@ -59,73 +95,374 @@ def file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(t: Trace) -> dict:
-    return {
-        "format": t.format,
-        "files": [{"path": os.path.basename(f), "size": os.path.getsize(f), "hash": file_hash(f)} for f in t.files],
-        "parser": parser_version(),
-    }
+def trace_key(t: Trace) -> str:
+    """A stable name for a trace in the store: what it is, not where it is in the manifest."""
+    return hashlib.blake2b(f"{t.node}\0{t.layer}\0{t.path}\0{t.format}".encode(), digest_size=6).hexdigest()
+
+
+def kind_of(fmt: str) -> str:
+    return "qemu" if fmt.startswith("qemu") else "block"
 
 
 def schema_for(fmt: str):
     return QEMU_EVENTS if fmt.startswith("qemu") else BLOCK_EVENTS
 
 
+# ------------------------------------------------------------------------------------------------ fingerprints
+def _files_of(t: Trace, known: dict | None, root: Path) -> list[dict]:
+    """Name, size, mtime and hash of each file; the hash is reused when size and mtime are those recorded."""
+    old = {f["name"]: f for f in (known or {}).get("files", [])}
+    out = []
+    for f in t.files:
+        st = os.stat(f)
+        name = os.path.relpath(f, root)
+        o = old.get(name)
+        if o and o["size"] == st.st_size and o["mtime_ns"] == st.st_mtime_ns:
+            h = o["hash"]
+        else:
+            h = file_hash(f)
+        out.append({"name": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": h})
+    return out
+
+
+def _same_source(entry: dict | None, files: list[dict], fmt: str) -> bool:
+    if not entry or entry.get("parser") != parser_version() or entry.get("format") != fmt:
+        return False
+    a = [(f["name"], f["size"], f["hash"]) for f in entry.get("files", [])]
+    return a == [(f["name"], f["size"], f["hash"]) for f in files]
+
+
+def _fp_hash(files: list[dict]) -> str:
+    h = hashlib.blake2b(digest_size=6)
+    h.update(parser_version().encode())
+    for f in files:
+        h.update(f"{f['name']}\0{f['size']}\0{f['hash']}\0".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ index
+def load_index(base: Path) -> dict:
+    try:
+        doc = json.loads((base / "store.json").read_text())
+    except (OSError, ValueError):
+        return {"version": STORE_VERSION, "traces": {}}
+    if not isinstance(doc, dict) or doc.get("version") != STORE_VERSION or not isinstance(doc.get("traces"), dict):
+        return {"version": STORE_VERSION, "traces": {}}
+    return doc
+
+
+def _save_index(base: Path, doc: dict) -> None:
+    base.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".store.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, sort_keys=True)
+    os.replace(tmp, base / "store.json")
+
+
+def _drop_legacy(base: Path) -> None:
+    """The per-trace folders of the first cache layout (trace000/ ...) are not read any more."""
+    for d in base.glob("trace[0-9][0-9][0-9]"):
+        if (d / "store.json").exists() or (d / "events.parquet").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ parse + write
 def parse_trace(t: Trace) -> ParseResult:
-    """Parse one trace's files (no cache). ``meta`` is normalised to JSON types, as read back from the cache."""
+    """Parse one trace's files (no store). ``meta`` is normalised to JSON types, as read back from the store."""
     res = parsers.parse(t.format, t.files)
     res.meta = json.loads(json.dumps(_keys(res.meta), default=_jsonable, sort_keys=True))
     return res
 
 
+def summarise(t: Trace, res: ParseResult) -> dict:
+    """What ``writeorder ingest`` prints for a trace (counts, time span, actions or QEMU events)."""
+    ev = res.events
+    col = "event" if t.format.startswith("qemu") else "action"
+    counts = ev[col].astype(str).value_counts()
+    times = ev["time_ns"].dropna()
+    return {
+        "events": int(len(ev)), "rejects": int(len(res.rejects)),
+        "first_ns": int(times.min()) if len(times) else None,
+        "last_ns": int(times.max()) if len(times) else None,
+        "clock": res.meta.get("clock"),
+        "actions": {str(k): int(v) for k, v in sorted(counts.items())},
+    }
+
+
+def _arrow_type(dtype: str) -> pa.DataType | None:
+    return {"int64": pa.int64(), "int32": pa.int32(), "bool": pa.bool_(), "category": pa.dictionary(pa.int32(),
+            pa.string()), "string": pa.string(), "Int64": pa.int64(), "UInt64": pa.uint64(), "boolean": pa.bool_(),
+            "Float64": pa.float64(), "float64": pa.float64()}.get(dtype)
+
+
+def _to_arrow(df: pd.DataFrame, schema) -> pa.Table:
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    fields = []
+    for f in t.schema:
+        want = _arrow_type(schema.dtypes.get(f.name, "")) if f.name in schema.dtypes else None
+        if f.name == "_row":
+            want = pa.int64()
+        fields.append(pa.field(f.name, want or f.type))
+    return t.cast(pa.schema(fields), safe=False).replace_schema_metadata(None)
+
+
+def _dev_values(t: Trace, ev: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Partition code per row and the partition names (block: the device; QEMU: the process)."""
+    if kind_of(t.format) == "qemu" or "device" not in ev.columns:
+        name = t.device or (f"pid{t.pid}" if t.pid is not None else "qemu")
+        return np.zeros(len(ev), dtype=np.int64), [name]
+    codes, uniq = pd.factorize(ev["device"].astype(object), sort=True, use_na_sentinel=True)
+    names = [str(u) for u in uniq]
+    if (codes < 0).any():
+        codes = np.where(codes < 0, len(names), codes)
+        names.append("-")
+    return codes, names
+
+
+def write_trace(base: Path, t: Trace, res: ParseResult, files: list[dict]) -> dict:
+    """Write one trace's events (partitioned by device) and rejects; returns its store.json entry."""
+    key, fp = trace_key(t), _fp_hash(files)
+    kind = kind_of(t.format)
+    schema = schema_for(t.format)
+    ev = res.events
+    codes, devs = _dev_values(t, ev)
+    parts = []
+    writers: dict[int, pq.ParquetWriter] = {}
+    tmps: dict[int, tuple[str, Path]] = {}
+    try:
+        for s in range(0, max(len(ev), 1), ROW_GROUP):
+            chunk = ev.iloc[s:s + ROW_GROUP].copy()
+            chunk["_row"] = np.arange(s, s + len(chunk), dtype=np.int64)
+            tbl = _to_arrow(chunk, schema)
+            cc = codes[s:s + ROW_GROUP]
+            present = np.unique(cc) if len(cc) else np.array([0])
+            for c in present.tolist():
+                part = tbl if len(present) == 1 else tbl.filter(pa.array(cc == c))
+                if c not in writers:
+                    rel = (f"{kind}/node={quote(t.node, safe='')}/layer={quote(t.layer, safe='')}/"
+                           f"dev={quote(devs[c], safe='')}/trace={key}/{fp}.parquet")
+                    path = base / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".{fp}.{os.getpid()}.tmp")
+                    writers[c] = pq.ParquetWriter(tmp, part.schema, compression="zstd")
+                    tmps[c] = (rel, tmp)
+                writers[c].write_table(part, row_group_size=ROW_GROUP)
+            del tbl, chunk
+    finally:
+        for w in writers.values():
+            w.close()
+    for c in sorted(tmps):
+        rel, tmp = tmps[c]
+        os.replace(tmp, base / rel)
+        parts.append(rel)
+    rj_rel = f"rejects/{key}-{fp}.parquet"
+    (base / "rejects").mkdir(parents=True, exist_ok=True)
+    rtmp = base / "rejects" / f".{key}-{fp}.{os.getpid()}.tmp"
+    pq.write_table(_to_arrow(res.rejects, REJECTS), rtmp, compression="zstd")
+    os.replace(rtmp, base / rj_rel)
+    cats = {c: [str(x) for x in ev[c].cat.categories] for c in ev.columns if isinstance(ev[c].dtype,
+                                                                                         pd.CategoricalDtype)}
+    return {"key": key, "fp": fp, "node": t.node, "layer": t.layer, "path": t.path, "format": t.format,
+            "kind": kind, "parser": parser_version(), "files": files, "paths": list(t.files), "parts": parts,
+            "devices": devs, "rejects_part": rj_rel, "events": int(len(ev)), "rejects": int(len(res.rejects)),
+            "categories": cats, "meta": res.meta, "summary": summarise(t, res)}
+
+
+def ingest_trace(base: Path, root: Path, t: Trace, known: dict | None, use_cache: bool = True
+                 ) -> tuple[dict | None, ParseResult | None, str | None]:
+    """Bring one trace into the store: (entry, the parsed result when it was parsed now, a note). ``root``: the
+    set's folder (file names are recorded relative to it). When nothing was stored (``use_cache`` false, or the
+    write failed) the entry is ``{"summary": ..., "stored": False}``."""
+    files = _files_of(t, known, root)
+    if use_cache and _same_source(known, files, t.format) and all((base / p).exists() for p in
+                                                                 [*known["parts"], known["rejects_part"]]):
+        return known, None, None
+    res = parse_trace(t)
+    if not use_cache:
+        return {"summary": summarise(t, res), "stored": False}, res, None
+    try:
+        return write_trace(base, t, res, files), res, None
+    except OSError as e:  # a store that cannot be written only costs speed; say so
+        return ({"summary": summarise(t, res), "stored": False}, res,
+                f"Parquet cache not written ({base}: {e.strerror})")
+
+
+def read_trace(base: Path, t: Trace, entry: dict) -> ParseResult:
+    """One trace back from the store, exactly as the parser returned it."""
+    schema = schema_for(t.format)
+    tables = [pq.read_table(base / p) for p in entry["parts"]]
+    tbl = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    df = tbl.to_pandas()
+    if len(tables) > 1:
+        df = df.sort_values("_row", kind="stable")
+    df = df.drop(columns="_row").reset_index(drop=True)
+    remap = dict(zip(entry.get("paths", []), t.files, strict=False))
+    for c, cats in entry.get("categories", {}).items():
+        if c in df.columns:
+            s = df[c].astype(pd.CategoricalDtype(cats))
+            if c == "file" and remap:
+                s = s.cat.rename_categories([remap.get(x, x) for x in cats])
+            df[c] = s
+    ev = schema.conform(df)
+    rj = REJECTS.conform(pq.read_table(base / entry["rejects_part"]).to_pandas())
+    if remap and len(rj):
+        rj["file"] = rj["file"].map(lambda x: remap.get(x, x)).astype(REJECTS.dtypes["file"])
+    return ParseResult(ev, rj, _remap_strings(json.loads(json.dumps(entry.get("meta", {}))), remap))
+
+
+def _remap_strings(o, remap: dict):
+    if not remap:
+        return o
+    if isinstance(o, str):
+        return remap.get(o, o)
+    if isinstance(o, dict):
+        return {remap.get(k, k): _remap_strings(v, remap) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_remap_strings(v, remap) for v in o]
+    return o
+
+
+# ------------------------------------------------------------------------------------------------ the set
+def update(ts: TraceSet, *, use_cache: bool = True, progress: Callable[[str], None] | None = None,
+           keep: bool = True, runner=None) -> tuple[dict[int, dict], dict[int, ParseResult]]:
+    """Bring every trace of ``ts`` into the store. Returns (store entries by trace index, results parsed now by
+    index: only when ``keep`` or when they could not be stored). Every entry has the trace's ``summary``.
+    ``runner(base, root, traces, known)`` may do the per-trace work elsewhere (dask): it returns
+    ``[(entry, note)]`` in the order of ``traces``; the entries are committed to store.json here."""
+    base = cache_dir(ts)
+    doc = load_index(base) if use_cache else {"version": STORE_VERSION, "traces": {}}
+    entries: dict[int, dict] = {}
+    parsed: dict[int, ParseResult] = {}
+    notes: list[str] = []
+    if runner is not None:
+        got = runner(base, ts.root, ts.traces, [doc["traces"].get(trace_key(t)) for t in ts.traces])
+        for t, (entry, note) in zip(ts.traces, got, strict=True):
+            entries[t.index] = entry
+            if note:
+                notes.append(note)
+    else:
+        for t in ts.traces:
+            if progress:
+                progress(f"{t.path} ({t.format})")
+            entry, res, note = ingest_trace(base, ts.root, t, doc["traces"].get(trace_key(t)), use_cache)
+            entries[t.index] = entry
+            if res is not None and (keep or not entry.get("parts")):
+                parsed[t.index] = res
+            if note:
+                notes.append(note)
+    for n in dict.fromkeys(notes):
+        if n not in ts.notes:
+            ts.notes.append(n)
+    if use_cache:
+        _commit(base, doc, {i: e for i, e in entries.items() if e.get("parts") is not None})
+    return entries, parsed
+
+
+def _commit(base: Path, doc: dict, entries: dict[int, dict]) -> None:
+    """Record the new entries (store.json last), then delete the parts no entry names any more."""
+    new = dict(doc["traces"])
+    for e in entries.values():
+        new[e["key"]] = e
+    if not entries or new == doc["traces"] and (base / "store.json").exists():
+        return
+    try:
+        _save_index(base, {"version": STORE_VERSION, "traces": new})
+    except OSError:
+        return
+    live = {p for e in new.values() for p in [*e["parts"], e["rejects_part"]]}
+    for kind in (*KINDS, "rejects"):
+        for f in (base / kind).rglob("*.parquet") if (base / kind).exists() else []:
+            if str(f.relative_to(base)) not in live:
+                f.unlink(missing_ok=True)
+    _drop_legacy(base)
+
+
 def ingest(ts: TraceSet, *, use_cache: bool = True, progress: Callable[[str], None] | None = None
            ) -> dict[int, ParseResult]:
-    """Parse every trace of ``ts`` (or read it back from the Parquet cache); results by trace index."""
-    out: dict[int, ParseResult] = {}
+    """Parse every trace of ``ts`` (or read it back from the Parquet store); results by trace index."""
+    entries, parsed = update(ts, use_cache=use_cache, progress=progress)
     base = cache_dir(ts)
+    out: dict[int, ParseResult] = {}
     for t in ts.traces:
-        if progress:
-            progress(f"{t.path} ({t.format})")
-        d = base / f"trace{t.index:03d}"
-        fp = _fingerprint(t) if use_cache else None
-        if use_cache and _cached(d, fp):
-            out[t.index] = _read(d, t.format)
-            continue
-        res = parse_trace(t)
-        out[t.index] = res
-        if use_cache:
-            try:
-                _write(d, res, fp)
-            except OSError as e:  # a cache that cannot be written only costs speed; say so once
-                note = f"Parquet cache not written ({d}: {e.strerror})"
-                if note not in ts.notes:
-                    ts.notes.append(note)
+        out[t.index] = parsed[t.index] if t.index in parsed else read_trace(base, t, entries[t.index])
     return out
 
 
-def _cached(d: Path, fp: dict | None) -> bool:
-    try:
-        return json.loads((d / "store.json").read_text()) == fp
-    except (OSError, ValueError):
-        return False
+# ------------------------------------------------------------------------------------------------ readers
+def dataset(ts: TraceSet, kind: str = "block", *, ingest_first: bool = True) -> pds.Dataset:
+    """The set's events of one kind (``block`` or ``qemu``) as a pyarrow dataset over the store's current parts,
+    with the partition fields ``node``, ``layer``, ``dev`` and ``trace`` (the store key: ``trace_key``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    base = cache_dir(ts)
+    if ingest_first:
+        entries, _ = update(ts, keep=False)
+    else:
+        keys = {trace_key(t) for t in ts.traces}
+        entries = {i: e for i, e in enumerate(load_index(base)["traces"].values()) if e["key"] in keys}
+    files = [str(base / p) for e in entries.values() if e.get("kind") == kind for p in e["parts"]]
+    if len(files) < sum(1 for e in entries.values() if e.get("kind") == kind) or any(
+            e.get("parts") is None for e in entries.values()):
+        raise OSError(f"{base}: the Parquet store could not be written: {'; '.join(ts.notes)}")
+    if not files:
+        return pds.dataset(pa.table({}), schema=pa.schema([]))
+    schemas = [pq.read_schema(f) for f in files]
+    schema = pa.unify_schemas([*schemas, PARTITIONING.schema], promote_options="permissive") \
+        if len({s.to_string() for s in schemas}) > 1 else pa.unify_schemas([schemas[0], PARTITIONING.schema])
+    return pds.dataset(files, format="parquet", partitioning=PARTITIONING, partition_base_dir=str(base / kind),
+                       schema=schema)
 
 
-def _read(d: Path, fmt: str) -> ParseResult:
-    ev = schema_for(fmt).conform(pd.read_parquet(d / "events.parquet"))
-    rj = REJECTS.conform(pd.read_parquet(d / "rejects.parquet"))
-    meta = json.loads((d / "meta.json").read_text())
-    return ParseResult(ev, rj, meta)
+def time_filter(start_ns: int | None = None, end_ns: int | None = None, *, node: str | None = None,
+                layer: str | None = None, device: str | Iterable[str] | None = None,
+                trace: str | Iterable[str] | None = None):
+    """A pyarrow expression: time in [start_ns, end_ns) and the given partitions (None: any)."""
+    expr = None
+
+    def add(e):
+        nonlocal expr
+        expr = e if expr is None else expr & e
+
+    for name, v in (("node", node), ("layer", layer), ("dev", device), ("trace", trace)):
+        if v is None:
+            continue
+        add(pds.field(name) == v if isinstance(v, str) else pds.field(name).isin(list(v)))
+    if start_ns is not None:
+        add(pds.field("time_ns") >= start_ns)
+    if end_ns is not None:
+        add(pds.field("time_ns") < end_ns)
+    return expr
 
 
-def _write(d: Path, res: ParseResult, fp: dict) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "store.json").unlink(missing_ok=True)
-    res.events.to_parquet(d / "events.parquet", compression="zstd", index=False)
-    res.rejects.to_parquet(d / "rejects.parquet", compression="zstd", index=False)
-    (d / "meta.json").write_text(json.dumps(_keys(res.meta), default=_jsonable, sort_keys=True))
-    (d / "store.json").write_text(json.dumps(fp, sort_keys=True))  # written last: marks the entry complete
+def read(ts: TraceSet, kind: str = "block", *, node: str | None = None, layer: str | None = None,
+         device: str | Iterable[str] | None = None, trace: Trace | Iterable[Trace] | None = None,
+         start_ns: int | None = None, end_ns: int | None = None, columns: list[str] | None = None,
+         ingest_first: bool = True) -> pd.DataFrame:
+    """Events of the set filtered by partition and time range, in the parsers' schema (plus ``node``, ``layer``,
+    ``trace`` columns when asked for in ``columns``); rows of one trace stay in the parser's order."""
+    d = dataset(ts, kind, ingest_first=ingest_first)
+    if not d.schema.names:
+        return (QEMU_EVENTS if kind == "qemu" else BLOCK_EVENTS).empty()
+    keys = None
+    if trace is not None:
+        keys = [trace_key(trace)] if isinstance(trace, Trace) else [trace_key(x) for x in trace]
+    expr = time_filter(start_ns, end_ns, node=node, layer=layer, device=device, trace=keys)
+    want = None
+    if columns is not None:
+        want = list(dict.fromkeys([*columns, "trace", "_row"]))
+    tbl = d.to_table(columns=want, filter=expr)
+    df = tbl.to_pandas()
+    if len(df):
+        df = df.sort_values(["trace", "_row"], kind="stable")
+    drop = [c for c in ("_row", "node", "layer", "dev", "trace") if c in df.columns and (columns is None or c not in
+                                                                                           columns)]
+    df = df.drop(columns=drop).reset_index(drop=True)
+    if columns is None:
+        df = (QEMU_EVENTS if kind == "qemu" else BLOCK_EVENTS).conform(df)
+    return df
 
 
+# ------------------------------------------------------------------------------------------------ JSON helpers
 def _keys(o):
     """Dict keys as strings (tuple keys joined with ','), recursively: meta must survive a JSON round trip."""
     if isinstance(o, dict):
