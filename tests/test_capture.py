@@ -226,6 +226,8 @@ def test_cli_usage_errors(capsys):
 
 # ------------------------------------------------------------------------------------------ real capture
 def _why_no_real_capture() -> str | None:
+    if os.environ.get("WRITEORDER_SKIP_REAL_CAPTURE"):
+        return "WRITEORDER_SKIP_REAL_CAPTURE is set"
     if sys.platform != "linux":
         return "Linux only"
     if os.geteuid() != 0:
@@ -300,6 +302,8 @@ def test_real_capture_of_a_real_vm(tmp_path):
         time.sleep(2.5)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
+        if p.returncode == 2 and "ftrace is in use" in err:
+            pytest.skip("ftrace is busy: another capture started meanwhile")
         assert p.returncode == 0, err
         assert "stopped (SIGINT)" in err
         assert traceset.load(short).traces_of("host-block")
@@ -309,6 +313,8 @@ def test_real_capture_of_a_real_vm(tmp_path):
         # 2. the capture proper: until QEMU exits (the guest powers off after its workload) or 75 s
         out = tmp_path / "cap"
         r = _wo("capture", "host", "--qmp", str(sock), "--duration", "75", "-o", str(out), timeout=120)
+        if r.returncode == 2 and "ftrace is in use" in r.stderr:
+            pytest.skip("ftrace is busy: another capture started meanwhile")
         assert r.returncode == 0, r.stderr
         assert "stopped (qemu-exited)" in r.stderr, r.stderr
         proc.wait(timeout=30)

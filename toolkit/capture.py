@@ -426,7 +426,7 @@ def _events_on(t: Target, events: list[str], a, info: dict) -> None:
     t.events_restore = was_off
     for w in warnings:
         t.notes.append(f"trace-event-set-state {w}")
-    log(f"[{t.role}] QEMU {t.version} pid {t.pid}: {len(on)} trace events on ({len(was_off)} were off)")
+    log(f"[{t.role}] QEMU {t.version} pid {t.pid}: {len(on)} trace events on")
     if t.log:
         log(f"[{t.role}] QEMU writes the trace lines to {t.log.description}"
             + ("; writeorder copies the lines of this capture" if t.log.readable else ""))

@@ -565,19 +565,20 @@ class ThreadSampler(threading.Thread):
                 tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
+            refresh = self.samples % 50 == 0  # names are read for new threads, and again now and then
             for t in tids:
                 tid = int(t)
-                comm = _read(f"/proc/{pid}/task/{tid}/comm")
                 e = self.seen.get(tid)
                 if e is None or e["pid"] != pid:
+                    comm = _read(f"/proc/{pid}/task/{tid}/comm")
                     if comm is None:
                         continue
                     self.seen[tid] = {"tid": tid, "pid": pid, "role": role, "comm": comm,
                                       "first_seen_mono_ns": now, "last_seen_mono_ns": now}
                 else:
                     e["last_seen_mono_ns"] = now
-                    if comm:
-                        e["comm"] = comm
+                    if refresh:
+                        e["comm"] = _read(f"/proc/{pid}/task/{tid}/comm") or e["comm"]
         self.samples += 1
 
     def run(self) -> None:

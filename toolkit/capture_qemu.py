@@ -452,32 +452,48 @@ def log_destination(pid: int, cmd: QemuCmdline) -> LogDest:
     return LogDest(None, f"QEMU's stderr, which is {kind}{hint}: collect the lines from its reader", False)
 
 
+def _qmp_first(patterns: list[str]) -> list[str]:
+    return sorted(patterns, key=lambda p: not p.startswith("qmp_"))
+
+
 def enable_events(q: QMP, patterns: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Turn on each pattern; returns (events now on, events that were off before, warnings)."""
-    before = {}
+    """Turn on each pattern. Returns (events now on, what to turn off at the end, warnings).
+
+    The states are read before anything is turned on, and the ``qmp_*`` patterns are turned on last, so that
+    QEMU does not log writeorder's own QMP commands (the replies of trace-event-get-state are long). The undo
+    list holds the patterns whose events were all off before, then single events that were off.
+    """
+    by_pat: dict[str, list[tuple[str, str]]] = {}
     warnings = []
     for pat in patterns:
         r = q.cmd("trace-event-get-state", {"name": pat})
         if "error" in r:
             warnings.append(f"{pat}: {r['error'].get('desc')}")
             continue
-        for e in r.get("return", []):
-            if e.get("state") != "unavailable":
-                before.setdefault(e["name"], e.get("state"))
-    for pat in patterns:
+        by_pat[pat] = [(e["name"], e.get("state")) for e in r.get("return", []) if e.get("state") != "unavailable"]
+        if not by_pat[pat]:
+            warnings.append(f"{pat}: no such event in this QEMU")
+    on: set[str] = set()
+    undo: list[str] = []
+    singles: set[str] = set()
+    for pat in reversed(_qmp_first(list(by_pat))):
+        evs = by_pat[pat]
+        if not evs:
+            continue
         r = q.cmd("trace-event-set-state", {"name": pat, "enable": True, "ignore-unavailable": True})
-        if "error" in r and not any(pat in w for w in warnings):
+        if "error" in r:
             warnings.append(f"{pat}: {r['error'].get('desc')}")
-    on = []
-    for pat in patterns:
-        r = q.cmd("trace-event-get-state", {"name": pat})
-        for e in r.get("return", []) if "error" not in r else []:
-            if e.get("state") == "enabled":
-                on.append(e["name"])
-    was_off = sorted(n for n, s in before.items() if s != "enabled")
-    return sorted(set(on)), was_off, warnings
+            continue
+        on.update(n for n, _ in evs)
+        if all(st != "enabled" for _, st in evs):
+            undo.append(pat)
+        else:
+            singles.update(n for n, st in evs if st != "enabled")
+    undo = _qmp_first(undo) + sorted(singles - {n for p in undo for n, _ in by_pat[p]})
+    return sorted(on), undo, warnings
 
 
 def disable_events(q: QMP, names: list[str]) -> None:
-    for n in names:
+    """Turn off patterns / events (``qmp_*`` first, so that the rest is not logged)."""
+    for n in _qmp_first(names):
         q.cmd("trace-event-set-state", {"name": n, "enable": False, "ignore-unavailable": True})
