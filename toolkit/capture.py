@@ -529,7 +529,8 @@ def write_traceset(out: Path, info: dict) -> Path:
                   "[[trace]]", 'node = "host"', 'layer = "qemu"', f"role = {_q(q['role'])}", f"guest = {_q(q['guest'])}"]
             if q.get("pid"):
                 L.append(f"pid = {int(q['pid'])}")
-            L += [f"threads = {_q(info['threads_file'])}", f"path = {_q(q['log_file'])}"]
+            # the glob also matches the log once compressed (xz/zstd/gzip: read transparently)
+            L += [f"threads = {_q(info['threads_file'])}", f"path = {_q(q['log_file'] + '*')}"]
         else:
             L += ["", f"# QEMU pid {q['pid']} ({q['role']}): its trace lines went to {q.get('log_destination')};",
                   "# copy them here and add: [[trace]] node = \"host\" layer = \"qemu\" "
