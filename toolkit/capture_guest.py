@@ -42,7 +42,11 @@ case "$FS" in "$DEV"*|/dev/"$NAME"*)
   echo "writeorder-guest: $OUT is on $DEV itself; use a tmpfs (/dev/shm) or another disk" >&2; exit 2;; esac
 grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug
 now_mono() { awk '/^now at/ {print $3; exit}' /proc/timer_list 2>/dev/null; }
-now_real() { date +%s%N 2>/dev/null; }
+now_real() {  # busybox date has no %N: whole seconds then
+  t=$(date +%s%N 2>/dev/null)
+  case "$t" in ""|*[!0-9]*) t=$(date +%s)000000000;; esac
+  echo "$t"
+}
 mark() {  # LABEL: realtime, monotonic, realtime (a sandwich), into guest-clock.txt, the trace and the kernel log
   r1=$(now_real); m=$(now_mono); r2=$(now_real)
   echo "$1 $m $r1 $r2" >> "$OUT/guest-clock.txt"
@@ -120,7 +124,10 @@ def read_guest_clock(path: Path) -> list[dict]:
         if line.startswith("#") or len(f) != 4 or not all(x.isdigit() for x in f[1:]):
             continue
         m, r1, r2 = (int(x) for x in f[1:])
-        pairs.append({"label": f[0], "mono_ns": m, "realtime_ns": (r1 + r2) // 2, "uncertainty_ns": r2 - r1})
+        unc = r2 - r1
+        if r1 % 1_000_000_000 == 0 and r2 % 1_000_000_000 == 0:  # date without %N (busybox): whole seconds
+            r2, unc = r2 + 999_999_999, r2 + 999_999_999 - r1
+        pairs.append({"label": f[0], "mono_ns": m, "realtime_ns": (r1 + r2) // 2, "uncertainty_ns": unc})
     return pairs
 
 
