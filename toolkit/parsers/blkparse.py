@@ -493,32 +493,31 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True)
             raise fileio.TraceError(f"{path}: not blkparse text (binary content; a blktrace file? use format "
                                     f"'blktrace')")
         stream = fileio.Stream(path, size=chunk_bytes)
-        tail = b""
         line0 = 1
         rej_rows = []
-        for data in stream:
-            buf = tail + data if tail else data
-            cut = buf.rfind(b"\n") + 1
-            if cut == 0:
-                tail = buf
-                continue
-            body, tail = buf[:cut], buf[cut:]
-            cols, rej = _parse_chunk(body, line0, fast, summary)
-            if cols:
-                cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
-                all_parts.append(cols)
-            rej_rows += rej
-            line0 += body.count(b"\n")
-        if tail:
-            cols, rej = _parse_chunk(tail + b"\n", line0, fast, summary)
-            if cols:
-                cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
-                all_parts.append(cols)
-            rej_rows += rej
+        other = []  # (line, length, reason, text): over-long lines, the last line when it has no newline
+        for item in fileio.line_blocks(stream):
+            if item[0] == "long":
+                other.append((item[1] + 1, item[2], "line too long", item[3].decode("utf-8", "replace")))
+            elif item[0] == "tail":  # blkparse ends every line: the file was cut inside this one
+                _, text, n, length = item
+                reason = "line too long" if length > fileio.MAX_LINE else "truncated line"
+                other.append((n + 1, length, reason, text[:256].decode("utf-8", "replace")))
+                truncated.append({"file": path, "line": n + 1, "reason": "last line has no newline"})
+            else:
+                _, body, n = item
+                line0 = n + 1
+                cols, rej = _parse_chunk(body, line0, fast, summary)
+                if cols:
+                    cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
+                    all_parts.append(cols)
+                rej_rows += rej
+                line0 += body.count(b"\n")
         if stream.truncated:
-            truncated.append({"file": path, "line": line0})
-        if rej_rows:
-            rejects.append(reject_rows(path, [(ln, len(t), "unknown line", t) for ln, t in rej_rows]))
+            truncated.append({"file": path, "line": line0, "reason": "compressed stream ends early"})
+        if rej_rows or other:
+            rows = [(ln, len(t), "unknown line", t) for ln, t in rej_rows] + other
+            rejects.append(reject_rows(path, sorted(rows)))
     events = _frame(_merge_parts(all_parts), paths)
     rj = pd.concat(rejects, ignore_index=True) if rejects else REJECTS.empty()
     meta = {"clock": "relative", "summary": summary, "truncated": truncated,

@@ -155,7 +155,8 @@ def _walk(buf: bytes, order: str, final: bool) -> tuple[np.ndarray, list[tuple[i
             j = int(np.searchsorted(ok_pos, b + 1))
             if j < len(ok_pos) and cand[ok_pos[j]] < nxt[b]:
                 tgt = int(cand[ok_pos[j]])
-                rejects.append((pos, tgt - pos, "bad record (pdu_len does not chain)"))
+                bad = int(cand[b])  # the records before it (cand[k:b]) are kept
+                rejects.append((bad, tgt - bad, "bad record (pdu_len does not chain)"))
                 pos = tgt
                 continue
             segs.append(cand[b:b + 1])
