@@ -83,26 +83,26 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
         name = fileio.display_name(path, base)
         # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
         st = fileio.Stream(path, min(chunk_size, READ_SIZE))
-        carry = b""
         line0 = 0  # lines before the current block
-        for chunk in _blocks(st, chunk_size):
-            data = carry + chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
+        for item in fileio.line_blocks(_blocks(st, chunk_size)):
+            if item[0] == "lines":
+                _, block, line0 = item
+                ev, rej, n, sty = _parse_block(block, name, line0)
+                line0 += n
+                ev_parts.append(ev)
+                rej_parts.append(rej)
+                for k, v in sty.items():
+                    styles[k] = styles.get(k, 0) + v
                 continue
-            carry = data[cut + 1:]
-            ev, rej, n, sty = _parse_block(data[:cut + 1], name, line0)
-            line0 += n
-            ev_parts.append(ev)
-            rej_parts.append(rej)
-            for k, v in sty.items():
-                styles[k] = styles.get(k, 0) + v
-        if carry:
-            line0 += 1
-            text = carry.decode("utf-8", errors="replace")
-            rej_parts.append(_rejects(name, np.array([line0]), np.array([len(carry)]), ["truncated line"], [text]))
-            truncated.append({"file": name, "line": line0, "reason": "last line has no newline"})
+            # an over-long line (skipped, not held in memory), or the last line without its newline
+            _, a, b, c = item
+            text, ln, length = (c, a + 1, b) if item[0] == "long" else (a, b + 1, c)
+            reason = "line too long" if length > fileio.MAX_LINE else "truncated line"
+            rej_parts.append(_rejects(name, np.array([ln]), np.array([length]), [reason],
+                                      [text[:256].decode("utf-8", errors="replace")]))
+            line0 = ln
+            if item[0] == "tail":
+                truncated.append({"file": name, "line": ln, "reason": "last line has no newline"})
         if st.truncated:
             truncated.append({"file": name, "line": line0, "reason": "compressed stream ends early"})
             notes.append(f"{name}: compressed stream ends early after line {line0}")
@@ -180,7 +180,7 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     li = np.flatnonzero(legacy & fast)
     if len(li):
         tid_v, ok1 = _digits(buf, s[li], at[li], 18)
-        sec_v, ok2 = _digits(buf, at[li] + 1, dot[li], 18)
+        sec_v, ok2 = _digits(buf, at[li] + 1, dot[li], 10)  # more: the regex path rejects it
         usec_v, ok3 = _digits(buf, dot[li] + 1, co[li], 9)
         dig = ok1 & ok2 & ok3  # other digit runs (long fractions, huge numbers): the regex path
         fast[li[~dig]] = False
@@ -395,12 +395,24 @@ def _parse_slow(lines: pa.Array, lineno: np.ndarray, file: str) -> tuple[dict, p
     """The full line regex for what the fast path did not take: ISO / program prefixes and rejects."""
     m = pc.extract_regex(lines, LINE_RE)
     ok = m.is_valid().to_numpy(zero_copy_only=False)
+    # numbers that do not fit (thread ids, seconds past year 2286, an impossible date) are no trace prefix
+    bad = pc.or_(pc.greater(pc.utf8_length(pc.struct_field(m, "tid")), 18),
+                 pc.greater(pc.utf8_length(pc.struct_field(m, "ptid")), 18))
+    bad = pc.or_(bad, pc.greater(pc.utf8_length(pc.struct_field(m, "sec")), 10))
+    iso_f = pc.struct_field(m, "iso")
+    iso_t = pc.strptime(pc.if_else(pc.equal(iso_f, ""), "1970-01-01T00:00:00", iso_f), format="%Y-%m-%dT%H:%M:%S",
+                        unit="s", error_is_null=True)
+    bad = pc.or_(bad, pc.is_null(iso_t))
+    bad = pc.fill_null(bad, False).to_numpy(zero_copy_only=False)
+    ok = ok & ~bad
     rej_idx = np.flatnonzero(~ok)
     if len(rej_idx):
         rl = lines.take(pa.array(rej_idx))
         rtext = rl.to_pylist()
+        bad_r = bad[rej_idx]
         reasons = ["empty line" if t == "" else ("binary data" if ("\x00" in t or "\ufffd" in t)
-                                                 else "not a trace event") for t in rtext]
+                                                 else "bad number" if b else "not a trace event")
+                   for t, b in zip(rtext, bad_r, strict=True)]
         lengths = np.asarray(pc.binary_length(rl).to_numpy(zero_copy_only=False))
         rej = _rejects(file, lineno[rej_idx], lengths, reasons,
                        [repr(t)[1:-1] if r == "binary data" else t for t, r in zip(rtext, reasons, strict=True)])
@@ -534,7 +546,9 @@ def parse_ints(a: pa.Array, *, unsigned: bool = False) -> tuple[np.ndarray, np.n
     if is_hex.any():
         h = np.flatnonzero(is_hex)
         hs = pc.utf8_slice_codeunits(a.take(pa.array(h)), 2)
-        okl = pc.less_equal(pc.utf8_length(hs), 16).to_numpy(zero_copy_only=False)
+        asc = pc.string_is_ascii(hs)  # a non-ASCII character is no hex digit (and pads by code points)
+        okl = pc.and_(pc.less_equal(pc.utf8_length(hs), 16), asc).to_numpy(zero_copy_only=False)
+        hs = pc.if_else(asc, hs, "")
         hx = pc.utf8_lpad(pc.utf8_slice_codeunits(hs, 0, 16), 16, "0")
         hx = pc.cast(hx, pa.large_string())
         bufs = hx.buffers()
