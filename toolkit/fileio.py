@@ -27,8 +27,11 @@ class TraceError(Exception):
 
 def compression(path: str | os.PathLike) -> str | None:
     """'gz', 'xz', 'zst', 'bz2' or None (plain), from the file's first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(6)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
     for magic, name in MAGICS.items():
         if head.startswith(magic):
             return name

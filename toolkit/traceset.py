@@ -220,13 +220,16 @@ def _glob(root: Path, rel: str, ctx: str) -> list[str]:
         # allowed, but said plainly: a manifest that points outside its folder
         pass
     pattern = str(root / rel)
-    files = sorted((f for f in glob.iglob(pattern, recursive=True) if os.path.isfile(f)), key=_cpu_key)
+    files = []
+    for f in glob.iglob(pattern, recursive=True):  # stops at the limit: a glob over a huge tree ends quickly
+        if os.path.isfile(f):
+            files.append(f)
+            if len(files) > MAX_FILES_PER_TRACE:
+                raise TraceError(f"{ctx}: path {rel!r} matches more than {MAX_FILES_PER_TRACE} files; "
+                                 "narrow the glob")
     if not files:
         raise TraceError(f"{ctx}: path {rel!r} matches no file under {root}")
-    if len(files) > MAX_FILES_PER_TRACE:
-        raise TraceError(f"{ctx}: path {rel!r} matches {len(files)} files (more than {MAX_FILES_PER_TRACE}); "
-                         "narrow the glob")
-    return files
+    return sorted(files, key=_cpu_key)
 
 
 _CPU = re.compile(r"\.blktrace\.(\d+)")

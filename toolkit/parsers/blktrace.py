@@ -212,6 +212,9 @@ def _last_partial(buf: bytes, order: str, pos: int, cand_all: np.ndarray) -> int
 def _detect_order(path: str, head: bytes) -> str:
     """Byte order ('<' or '>') from the first record's magic; TraceError when the file is not blktrace v7."""
     if len(head) < 4:
+        for order in "<>":  # the start of a record's magic: a file cut inside its first record
+            if _magic_bytes(order).startswith(head):
+                return order
         raise fileio.TraceError(f"{path}: not a blktrace file (only {len(head)} bytes)")
     for order in "<>":
         v = int.from_bytes(head[:4], "little" if order == "<" else "big")

@@ -69,6 +69,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
         name = fileio.display_name(path, base)
         if fileio.compression(path) is None:
             with open(path, "rb") as f:
+                _check_header(f.read(24), name)  # garbage is refused before it is read into memory
+                f.seek(0)
                 data, cut = f.read(), False
         else:
             data, cut = fileio.read_bytes(path)
@@ -91,11 +93,27 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
 
 
 # --------------------------------------------------------------------------------------------------------------
+_HEADER = {o: struct.pack(o + "QQQ", HEADER_EVENT_ID, MAGIC, 4) for o in "<>"}
+
+
+def _check_header(head: bytes, file: str) -> None:
+    """TraceError unless ``head`` starts like a simple-trace header (or is the start of one: a cut file)."""
+    n = min(len(head), 16)
+    if any(h[:n] == head[:n] for h in _HEADER.values()):
+        return
+    raise fileio.TraceError(f"{file}: byte 0: not a QEMU simple trace file (bad header magic)")
+
+
 def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True):
     meta: dict = {"byte_order": None, "dropped_records": 0, "dropped_events": 0, "unknown_events": [],
                   "truncated": [], "notes": []}
     if len(data) < 24:
-        raise fileio.TraceError(f"{file}: too short for a QEMU simple trace header ({len(data)} bytes)")
+        _check_header(data, file)
+        meta["byte_order"] = "little" if _HEADER["<"].startswith(data) else "big"
+        if data:  # the start of a header: cut at byte 0, no record
+            meta["truncated"].append({"file": file, "offset": 0, "reason": "header cut"})
+        rej = reject_rows(file, [(0, len(data), "truncated record", data.hex())] if data else [])
+        return QEMU_EVENTS.empty().assign(file=pd.Categorical([], categories=[file])), rej, meta
     order = None
     for o in "<>":
         hid, magic, version = struct.unpack(o + "QQQ", data[:24])
