@@ -326,3 +326,54 @@ def test_round_trip(tmp_path: Path, recs: list[dict], order: str, chunk: int) ->
             got = row[k]
             got = str(got) if k in ("action", "device") else got
             assert got == v, (i, k, got, v, recs[i])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["io", "io", "io", "unplug", "msg", "false_magic", "junk"]), min_size=1,
+                      max_size=60),
+       texts=st.lists(st.integers(1, 40), min_size=60, max_size=60), order=st.sampled_from("<>"),
+       cut=st.integers(0, 47))
+def test_find_records_equals_walk(kinds: list[str], texts: list[int], order: str, cut: int) -> None:
+    """The alignment-class fast path finds the same records and rejects as the general walk over the whole file."""
+    out = b""
+    for i, kind in enumerate(kinds):
+        if kind == "junk":
+            out += bytes(range(texts[i] % 13))
+            continue
+        pdu = b""
+        if kind == "unplug":
+            pdu = struct.pack(">Q", 3)
+        elif kind == "msg":
+            pdu = b"\1" + bytes(7) + b"m" * texts[i]  # odd lengths move the records to another alignment
+        elif kind == "false_magic":
+            pdu = struct.pack(order + "I", 0x65617407) + bytes(4)  # a magic word inside a pdu
+        act = (NOTIFY | 2 | 0x100) if kind == "msg" else (10 if kind == "unplug" else 1) | (0x12 << 16)
+        out += pack_record(order, seq=i + 1, time=i, action=act, nbytes=4096, pdu=pdu)
+    data = out[:len(out) - cut] if cut < len(out) else out
+    offs, rej = blktrace._find_records(memoryview(data), order)
+    w_offs, w_rej, _ = blktrace._walk(data, order, final=True)
+    assert offs.tolist() == w_offs.tolist()
+    assert blktrace._merge_rejects([(*r, "") for r in rej]) == blktrace._merge_rejects([(*r, "") for r in w_rej])
+
+
+@pytest.mark.parametrize("order", "<>")
+def test_find_records_equals_walk_beyond_one_window(order: str) -> None:
+    """Breaks far apart (odd-length messages, junk, a magic word inside a pdu) in a file of many windows."""
+    parts = []
+    for i in range(20000):
+        if i % 3001 == 1000:
+            msg = bytes(8) + b"x" * (i % 7 + 1)
+            parts.append(pack_record(order, seq=0, time=i, action=NOTIFY | 2 | 0x100, pdu=msg))
+        elif i % 4999 == 2000:
+            parts.append(bytes(range(11)))
+        elif i % 7001 == 3000:
+            parts.append(pack_record(order, seq=i, time=i, action=10 | (0x10 << 16),
+                                     pdu=struct.pack(order + "I", 0x65617407) + bytes(4)))
+        else:
+            parts.append(pack_record(order, seq=i, time=i, action=1 | (0x12 << 16), nbytes=4096))
+    data = b"".join(parts)[:-5]
+    offs, rej = blktrace._find_records(memoryview(data), order)
+    w_offs, w_rej, _ = blktrace._walk(data, order, final=True)
+    assert len(offs) > 19000 and len(rej) >= 4
+    assert offs.tolist() == w_offs.tolist()
+    assert blktrace._merge_rejects([(*r, "") for r in rej]) == blktrace._merge_rejects([(*r, "") for r in w_rej])

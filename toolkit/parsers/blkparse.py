@@ -340,6 +340,229 @@ def _fast(buf: bytes) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the fixed-width path: lines in blkparse's default layout whose columns did not overflow their widths
+#
+# "%3d,%-3d %2d %8d %5d.%09lu %5u %2s %3s " puts every header field at a fixed byte column (maj 0-2, ',' 3,
+# min 4-6, cpu 8-9, seq 11-18, sec 20-24, '.' 25, ns 26-34, pid 36-41, act 42-43, rwbs 45-47, tail from 49).
+# A line is taken here only when every separator is where the layout puts it, every number is right-aligned
+# digits (the minor left-aligned), the line is printable ASCII and the tail is one of the common shapes:
+# "S + N [name]", "[name]" (Q I D B M F G S P), "S + N [err]", "S [err]" (C R), "[name] depth" (U UT). Every
+# other line goes to the token path (``_fast``) and then to the grammar, exactly as before.
+
+_W = 112  # bytes of a line looked at (longer lines go to the token path)
+_HDR = 49
+_SEP = {3: 44, 7: 32, 10: 32, 19: 32, 25: 46, 35: 32, 41: 32, 44: 32, 48: 32}
+_RIGHT = [(0, 3), (8, 10), (11, 19), (20, 25), (36, 41)]
+_FIXED_RWBS = sorted(x for x in (f1 + o + f2 + a + s + m for f1 in ("", "F") for o in "DWRN" for f2 in ("", "F")
+                                 for a in ("", "A") for s in ("", "S") for m in ("", "M")) if len(x) <= 3)
+_RWBS_KEYS = np.array([int.from_bytes(x.rjust(3).encode(), "big") for x in _FIXED_RWBS], dtype=np.int64)
+_RWBS_SORT = np.argsort(_RWBS_KEYS)
+_RWBS_KEYS_S = _RWBS_KEYS[_RWBS_SORT]
+_ACT_LUT = np.full(1 << 16, -1, dtype=np.int8)
+for _a in ("Q", "M", "F", "G", "S", "R", "D", "C", "P", "U", "UT", "I", "B"):
+    _ACT_LUT[int.from_bytes(_a.rjust(2).encode(), "big")] = _ACT_INDEX[_a]
+_KEEP_TOP = np.array([0] + [(~((1 << (8 * (8 - k))) - 1)) & 0xFFFFFFFFFFFFFFFF for k in range(1, 9)],
+                     dtype=np.uint64)
+_ONES = 0x0101010101010101
+
+
+def _swar8(x: np.ndarray) -> np.ndarray:
+    """Eight ASCII digit bytes per u64 (first digit in the lowest byte; spaces and zero bytes count 0) -> value."""
+    x = x & np.uint64(0x0F0F0F0F0F0F0F0F)
+    x = (x * np.uint64(10) + (x >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    x = (x * np.uint64(100) + (x >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    x = (x * np.uint64(10000) + (x >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    return x.astype(np.int64)
+
+
+def _u64_at(flat: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return np.ndarray((len(flat) - 7,), dtype="<u8", buffer=flat, strides=(1,))[at]
+
+
+def _digits(flat: np.ndarray, s: np.ndarray, e: np.ndarray, maxw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal numbers in byte ranges [s, e) of ``flat`` (at most 16 digits, ``e >= 16``): (values, ok)."""
+    w = e - s
+    ok = (w >= 1) & (w <= maxw)
+    wl = np.clip(w, 0, 8)
+    wh = np.clip(w - 8, 0, 8)
+    keep_l = _KEEP_TOP[wl]
+    keep_h = _KEEP_TOP[wh]
+    lo = _u64_at(flat, e - 8) & keep_l
+    hi = _u64_at(flat, e - 16) & keep_h
+    for x, keep in ((lo, keep_l), (hi, keep_h)):
+        hi_nib = x & np.uint64(0xF0F0F0F0F0F0F0F0)
+        ok &= hi_nib == (np.uint64(0x30 * _ONES) & keep)
+        ok &= ((x + np.uint64(0x06 * _ONES)) & np.uint64(0xF0F0F0F0F0F0F0F0) & keep) == (np.uint64(0x30 * _ONES) & keep)
+    val = _swar8(lo)
+    if (wh > 0).any():
+        val += _swar8(hi) * 100_000_000
+    return val, ok
+
+
+def _colbits(b: np.ndarray) -> np.ndarray:
+    """A (m, <=64) bool matrix -> one u64 per row, column c at bit 63 - c."""
+    pk = np.packbits(b, axis=1)
+    out = np.zeros((len(b), 8), dtype=np.uint8)
+    out[:, :pk.shape[1]] = pk
+    return out.view(">u8").ravel().astype(np.uint64)
+
+
+def _span(s: int, e: int) -> int:
+    return sum(1 << (63 - c) for c in range(s, e))
+
+
+def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, np.ndarray]:
+    """Parse the fixed-layout lines among lines [ls, le) of ``a`` (which has ``_W`` bytes of padding after).
+
+    Returns (columns of the parsed lines, with 'line' = 0-based line index; bool mask of the lines parsed).
+    """
+    L = le - ls
+    done = np.zeros(len(ls), dtype=bool)
+    fits = (L >= _HDR + 3) & (L <= _W)
+    body = a[:len(a) - _W]
+    odd = np.flatnonzero(((body < 32) & (body != 10)) | (body >= 128))  # tabs, CRs, non-ASCII: token path
+    if len(odd):
+        fits[np.searchsorted(le, odd)] = False
+    idx = np.flatnonzero(fits)
+    del fits
+    if len(idx) == 0:
+        return None, done
+    m = len(idx)
+    rows2d = np.ndarray((len(a) - _W + 1, _W), dtype=np.uint8, buffer=a, strides=(1, 1))
+    M = rows2d[ls[idx]]
+    Lr = L[idx]
+    ok = np.ones(m, dtype=bool)
+    for c, v in _SEP.items():
+        ok &= M[:, c] == v
+    H = M[:, :_HDR]
+    dbits = _colbits((H - np.uint8(48)) < 10)
+    sbits = _colbits(H == 32)
+    del H
+    for s, e in _RIGHT + [(4, 7)]:
+        f = np.uint64(_span(s, e))
+        d = dbits & f
+        ok &= (d | (sbits & f)) == f
+        y = d >> np.uint64(64 - e)
+        if s == 4:  # the minor is left-aligned: digits first
+            y = ~y & np.uint64(7)
+            ok &= (d != 0) & ((y & (y + np.uint64(1))) == 0)
+        else:
+            ok &= (y != 0) & ((y & (y + np.uint64(1))) == 0)
+    f = np.uint64(_span(26, 35))
+    ok &= (dbits & f) == f
+    del dbits, sbits
+    act = _ACT_LUT[(M[:, 42].astype(np.int64) << 8) | M[:, 43]]
+    ok &= act >= 0
+    rk = (M[:, 45].astype(np.int64) << 16) | (M[:, 46].astype(np.int64) << 8) | M[:, 47]
+    ri = np.clip(np.searchsorted(_RWBS_KEYS_S, rk), 0, len(_RWBS_KEYS_S) - 1)
+    ok &= _RWBS_KEYS_S[ri] == rk
+    rcode = _RWBS_SORT[ri]
+    # tail shapes, from the positions of the spaces after column 49
+    q = Lr - _HDR
+    lsr = ls[idx]
+    ler = le[idx]
+    last = a[ler - 1]
+    t0 = M[:, _HDR]
+    isfs = np.isin(act, _FS)
+    isp = act == _ACT_INDEX["P"]
+    iscr = (act == _ACT_INDEX["C"]) | (act == _ACT_INDEX["R"])
+    isu = (act == _ACT_INDEX["U"]) | (act == _ACT_INDEX["UT"])
+    spc = np.flatnonzero(body == 32)
+    top = len(spc) - 1
+    j1 = np.searchsorted(spc, lsr + _HDR)
+    s1, s2, s3 = (np.where(j1 + i <= top, spc[np.minimum(j1 + i, top)], len(a)) for i in range(3))
+    flat = M.reshape(-1)
+    base = np.arange(_HDR, m * _W, _W, dtype=np.int64)  # flat position of each row's tail
+    p1 = np.minimum(s1 - lsr - _HDR, q)  # first space in the tail (q: none)
+    p2 = np.minimum(s3 - lsr - _HDR, q)  # third space
+    pl = spc[np.searchsorted(spc, ler) - 1] - lsr - _HDR  # last space of the line
+    t_at = lambda k: flat[base + np.clip(k, 0, _W - _HDR - 1)]  # noqa: E731
+    digit0 = (t0 >= 48) & (t0 <= 57)
+    br0 = t0 == 91
+    has1 = p1 < q
+    # "S + N [x]"
+    ext = digit0 & has1 & (t_at(p1 + 1) == 43) & (s2 - s1 == 2) & (p2 < q) & (p2 > p1 + 3)
+    ext &= (t_at(p2 + 1) == 91) & (last == 93)
+    # "S [err]"
+    sec_err = digit0 & has1 & (t_at(p1 + 1) == 91) & (last == 93) & ~ext
+    # "[x] depth": the last space, a ']' before it
+    u_ok = br0 & has1 & (pl >= 2) & (pl < q) & (t_at(pl - 1) == 93)
+    only = br0 & (last == 93)
+    shape_fs_ext = isfs & ext
+    shape_comm = (isfs | isp) & only
+    shape_cr_ext = iscr & ext
+    shape_cr_sec = iscr & sec_err
+    shape_u = isu & u_ok
+    ok &= shape_fs_ext | shape_comm | shape_cr_ext | shape_cr_sec | shape_u
+    # numbers of the tail
+    te = base + q  # flat end of each line
+    sector, o = _digits(flat, base, base + p1, 16)
+    has_ext = shape_fs_ext | shape_cr_ext | shape_cr_sec
+    ok &= o | ~has_ext
+    nsect, o = _digits(flat, base + p1 + 3, base + p2, 10)
+    has_n = shape_fs_ext | shape_cr_ext
+    ok &= o | ~has_n
+    es = np.where(shape_cr_ext, base + p2 + 2, base + p1 + 2)
+    err, o = _digits(flat, es, te - 1, 5)
+    iserr = shape_cr_ext | shape_cr_sec
+    ok &= o | ~iserr
+    depth, o = _digits(flat, base + pl + 1, te, 16)
+    ok &= o | ~shape_u
+    # the header numbers
+    maj = (M[:, 0] & 15).astype(np.int64) * 100 + (M[:, 1] & 15) * 10 + (M[:, 2] & 15)
+    d5 = (M[:, 5] >= 48) & (M[:, 5] <= 57)
+    d6 = (M[:, 6] >= 48) & (M[:, 6] <= 57)
+    m4, m5, m6 = ((M[:, k] & 15).astype(np.int64) for k in (4, 5, 6))
+    mnr = np.where(d5, np.where(d6, m4 * 100 + m5 * 10 + m6, m4 * 10 + m5), m4)
+    cpu = (M[:, 8] & 15).astype(np.int32) * 10 + (M[:, 9] & 15)
+    def col64(c: int) -> np.ndarray:
+        return np.ndarray((m,), dtype="<u8", buffer=M, offset=c, strides=(_W,))
+
+    seq = _swar8(col64(11))
+    sec = _swar8(col64(17) & np.uint64(_KEEP_TOP[5]))
+    ns = (M[:, 26] & 15).astype(np.int64) * 100_000_000 + _swar8(col64(27))
+    pid = _swar8(col64(33) & np.uint64(_KEEP_TOP[5]))
+
+    keep = np.flatnonzero(ok)
+    done[idx[keep]] = True
+    if len(keep) == 0:
+        return None, done
+
+    def k(x: np.ndarray) -> np.ndarray:
+        return x[keep]
+
+    sel = idx[keep]
+    lsel = lsr[keep]
+    # name: "[x]" lines from column 50; "S + N [x]" after p2; "[x] depth" up to the ']' before the last space
+    cs = lsel + np.where(k(shape_fs_ext), _HDR + k(p2) + 2, _HDR + 1)
+    ce = np.where(k(shape_u), lsel + _HDR + k(pl) - 1, le[sel] - 1)
+    has_comm = k(shape_fs_ext | shape_comm | shape_u)
+    comm = _strings(a, cs, ce, has_comm)
+    null_name = pc.fill_null(pc.equal(comm, "(null)"), False)
+    if pc.any(null_name).as_py():
+        comm = pc.if_else(null_name, pa.scalar(None, comm.type), comm)
+    n = len(keep)
+    is_n = k(has_n)
+    nsect_k = np.where(is_n, k(nsect), 0)
+    cols = {
+        "line": sel,
+        "time_ns": k(sec) * 1_000_000_000 + k(ns),
+        "dev": (k(maj) << 20) | k(mnr),
+        "cpu": k(cpu), "seq": k(seq), "pid": k(pid), "act": k(act).astype(np.int64),
+        "rwbs": (k(rcode), _FIXED_RWBS),
+        "sector": np.where(k(has_ext), k(sector), -1), "nsect": nsect_k, "bytes": nsect_k * 512,
+        "error": np.where(k(iserr), k(err), 0),
+        "comm": comm,
+        "remap_device": _Fill(-1, n),
+        "remap_sector": _Fill(None, n),
+        "split_sector": _Fill(None, n),
+        "unplug_depth": (np.where(k(shape_u), k(depth), 0), k(shape_u)),
+        "message": _Fill(None, n),
+    }
+    return cols, done
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the grammar path for the lines the fast path left
 
 
@@ -415,14 +638,42 @@ def _count(s: str) -> int:
 # chunks, files, the table
 
 
+class _Fill:
+    """A column of ``n`` equal values (-1, or null: None) that is not materialised unless it has to be."""
+
+    __slots__ = ("value", "n")
+
+    def __init__(self, value: int | None, n: int) -> None:
+        self.value = value
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def like(self, other: object) -> object:
+        """The same column materialised in the form of ``other`` (a part of the same key that is not a fill)."""
+        if isinstance(other, tuple):
+            return np.zeros(self.n, dtype=np.int64), np.zeros(self.n, dtype=bool)
+        if isinstance(other, (pa.Array, pa.ChunkedArray)):
+            return pa.nulls(self.n, pa.string())
+        return np.full(self.n, self.value, dtype=np.int64)
+
+
 def _merge_parts(parts: list[dict]) -> dict:
     """Concatenate column dicts (fast + grammar parts of a chunk, or chunks of a trace)."""
     parts = [p for p in parts if len(p["line"])]
     if not parts:
         return {}
     out: dict = {}
-    for key in parts[0]:
-        vals = [p[key] for p in parts]
+    for key in list(parts[0]):
+        vals = [p.pop(key) for p in parts]  # each column's parts are released once joined (lower peak)
+        fills = [isinstance(v, _Fill) for v in vals]
+        if all(fills):
+            out[key] = _Fill(vals[0].value, sum(v.n for v in vals))
+            continue
+        if any(fills):
+            real = vals[fills.index(False)]
+            vals = [v.like(real) if isinstance(v, _Fill) else v for v in vals]
         if key == "rwbs":
             labels = sorted({x for _, lab in vals for x in lab})
             ix = {x: i for i, x in enumerate(labels)}
@@ -434,8 +685,20 @@ def _merge_parts(parts: list[dict]) -> dict:
             chunks = [ch for v in vals for ch in (v.chunks if isinstance(v, pa.ChunkedArray) else [v])]
             out[key] = pa.chunked_array([ch.cast(pa.large_string()) for ch in chunks], type=pa.large_string())
         else:
-            out[key] = np.concatenate(vals)
+            out[key] = np.concatenate(vals) if len(vals) > 1 else vals[0]
+        del vals
     return out
+
+
+def _small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) for small non-negative integers, in O(n) with a lookup table."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    present = np.bincount(x)
+    uniq = np.flatnonzero(present)
+    lut = np.zeros(len(present), dtype=np.int32)
+    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
+    return uniq, lut[x]
 
 
 def _take(cols: dict, order: np.ndarray) -> dict:
@@ -443,6 +706,8 @@ def _take(cols: dict, order: np.ndarray) -> dict:
     for key, v in cols.items():
         if key == "rwbs":
             out[key] = (v[0][order], v[1])
+        elif isinstance(v, _Fill):
+            out[key] = v
         elif isinstance(v, tuple):
             out[key] = tuple(x[order] for x in v)
         elif isinstance(v, (pa.Array, pa.ChunkedArray)):
@@ -455,17 +720,35 @@ def _take(cols: dict, order: np.ndarray) -> dict:
 def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dict, list[tuple[int, str]]]:
     """One chunk of whole lines; ``line0`` is the 1-based number of its first line."""
     if fast:
-        cols, rest, ls, le = _fast(buf)
-        texts = [buf[ls[i]:le[i]].decode("utf-8", "replace") for i in rest.tolist()]
-    else:
+        a = np.frombuffer(buf + bytes(_W), dtype=np.uint8)
+        le = np.flatnonzero(a[:len(buf)] == 10)
+        ls = np.empty(len(le), dtype=np.int64)
+        ls[:1] = 0
+        ls[1:] = le[:-1] + 1
+        fixed, done = _fixed(a, ls, le)
+        del a
+        rest = np.flatnonzero(~done)
         cols = None
+        texts = []
+        if len(rest):
+            sub = b"".join([buf[s:e + 1] for s, e in zip(ls[rest].tolist(), le[rest].tolist(), strict=True)])
+            cols, rest2, ls2, le2 = _fast(sub)
+            cols["line"] = rest[cols["line"]]
+            texts = [sub[ls2[i]:le2[i]].decode("utf-8", "replace") for i in rest2.tolist()]
+            rest = rest[rest2]
+    else:
+        fixed = cols = None
         texts = [x.decode("utf-8", "replace") for x in buf.split(b"\n")[:-1]]
         rest = np.arange(len(texts))
     slow, rej = _slow(texts, rest, summary)
-    parts = [p for p in (cols, slow) if p]
-    merged = _merge_parts(parts)
+    parts = [p for p in (fixed, cols, slow) if p and len(p["line"])]
+    if len(parts) == 1:
+        merged = parts[0]
+    else:
+        merged = _merge_parts(parts)
+        if merged:
+            merged = _take(merged, np.argsort(merged["line"], kind="stable"))
     if merged:
-        merged = _take(merged, np.argsort(merged["line"], kind="stable"))
         merged["line"] = merged["line"] + line0
     return merged, [(ln + line0, t) for ln, t in rej]
 
@@ -529,7 +812,16 @@ def _devstr(keys: np.ndarray) -> list[str]:
     return [f"{k >> 20},{k & 0xFFFFF}" for k in keys.tolist()]
 
 
-def _string_series(arr: pa.ChunkedArray | pa.Array) -> pd.arrays.ArrowStringArray:
+def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
+    """An all-null string column; its buffers are zero pages that are not touched (no memory until written)."""
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, dtype=np.int64)), pa.py_buffer(b""),
+                                           pa.py_buffer(np.zeros((n + 7) // 8, dtype=np.uint8)), null_count=n)
+    return pd.array(arr, dtype="string")
+
+
+def _string_series(arr: pa.ChunkedArray | pa.Array | _Fill) -> pd.arrays.ArrowStringArray:
+    if isinstance(arr, _Fill) or arr.null_count == len(arr):
+        return _null_strings(len(arr))
     arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
@@ -543,15 +835,20 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         df["file"] = pd.Categorical([], categories=paths)
         return df
     n = len(c["line"])
-    du, dcodes = np.unique(c["dev"], return_inverse=True)
-    rcodes, rlabels = c["rwbs"]
-    used, rcodes = np.unique(rcodes, return_inverse=True)  # only the labels in use, in sorted order
+    dev = c.pop("dev")
+    if (dev == dev[0]).all():
+        du, dcodes = dev[:1], np.zeros(n, dtype=np.int32)
+    else:
+        du, dcodes = np.unique(dev, return_inverse=True)
+    del dev
+    rcodes, rlabels = c.pop("rwbs")
+    used, rcodes = _small_unique(rcodes)  # only the labels in use, in sorted order
     rlabels = [rlabels[i] for i in used]
     srt = np.argsort(np.array(rlabels, dtype=object))
     rcodes = np.argsort(srt)[rcodes]
     rlabels = [rlabels[i] for i in srt]
     act = c["act"]
-    au, acodes = np.unique(act, return_inverse=True)
+    au, acodes = _small_unique(act)
     alabels = [ACTIONS[i] for i in au]
     # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
     rcat = category_from_rwbs(np.array(rlabels, dtype=object)) if rlabels else np.zeros(0, dtype=np.int64)
@@ -559,24 +856,32 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     cat = (rcat[rcodes] | acat[acodes]).astype(np.int32)
     nbytes = c["bytes"]
     key = cat.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (acodes.astype(np.int64) << 17)
-    uk, kcodes = np.unique(key, return_inverse=True)
+    uk, kcodes = _small_unique(key)
+    del key
     op_u = op_from_category(uk & 0xFFFF, (uk >> 16) & 1, np.array(alabels, dtype=object)[uk >> 17]).astype(str)
     ol, oc = np.unique(op_u, return_inverse=True)
-    rm = c["remap_device"]
-    has_rm = rm >= 0
-    rmu, rmc = np.unique(rm[has_rm], return_inverse=True)
-    rm_codes = np.full(n, -1, dtype=np.int64)
-    rm_codes[has_rm] = rmc
-    rm_arr = pa.DictionaryArray.from_arrays(pa.array(rm_codes, mask=~has_rm),
-                                            pa.array(_devstr(rmu), pa.large_string())).dictionary_decode()
+    rm = c.pop("remap_device")
+    has_rm = rm >= 0 if not isinstance(rm, _Fill) else None
+    if has_rm is not None and has_rm.any():
+        rmu, rmc = np.unique(rm[has_rm], return_inverse=True)
+        rm_codes = np.full(n, -1, dtype=np.int64)
+        rm_codes[has_rm] = rmc
+        rm_arr = pd.array(pa.DictionaryArray.from_arrays(pa.array(rm_codes, mask=~has_rm),
+                                                         pa.array(_devstr(rmu), pa.large_string())
+                                                         ).dictionary_decode(), dtype="string")
+    else:
+        rm_arr = _null_strings(n)
+    del rm, has_rm
 
-    def nint(v: tuple) -> pd.arrays.IntegerArray:
+    def nint(v: tuple | _Fill) -> pd.arrays.IntegerArray:
+        if isinstance(v, _Fill) or not v[1].any():
+            return pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
         return pd.arrays.IntegerArray(np.where(v[1], v[0], 0).astype(np.int64), ~v[1])
 
     cols = {
         "time_ns": c["time_ns"],
         "device": pd.Categorical.from_codes(dcodes.astype(np.int32), categories=_devstr(du), validate=False),
-        "cpu": c["cpu"].astype(np.int32),
+        "cpu": c["cpu"].astype(np.int32, copy=False),
         "seq": c["seq"], "pid": c["pid"],
         "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
         "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
@@ -589,7 +894,7 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         "fua": (cat & TC["fua"]) != 0,
         "sync": (cat & TC["sync"]) != 0,
         "meta": (cat & TC["meta"]) != 0,
-        "remap_device": pd.array(rm_arr, dtype="string"),
+        "remap_device": rm_arr,
         "remap_sector": nint(c["remap_sector"]),
         "split_sector": nint(c["split_sector"]),
         "unplug_depth": nint(c["unplug_depth"]),
