@@ -109,7 +109,14 @@ class SetAnalysis:
 def _dev_filter(ev: pd.DataFrame, device: str | None) -> pd.DataFrame:
     if device is None or ev.empty:
         return ev
-    return ev[ev["device"].astype(str) == device]
+    d = ev["device"]
+    if isinstance(d.dtype, pd.CategoricalDtype):  # compare codes, not millions of strings
+        code = d.cat.categories.astype(str).get_indexer([device])[0]
+        if code < 0:
+            return ev.iloc[:0]
+        m = d.cat.codes.to_numpy() == code
+        return ev if m.all() else ev[m]
+    return ev[d.astype(str) == device]
 
 
 @dataclass
@@ -179,6 +186,10 @@ class DiskAnalysis:
         if not parts:
             return BLOCK_EVENTS.empty()
         ev = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        t, pos = ev["time_ns"].to_numpy(), ev["pos"].to_numpy()
+        dt, dp = np.diff(t), np.diff(pos)
+        if len(parts) == 1 and ((dt > 0) | ((dt == 0) & (dp >= 0))).all():
+            return ev  # already in (time, pos) order: a sort would only copy it
         return ev.sort_values(["time_ns", "pos"], kind="stable")
 
     @cached_property

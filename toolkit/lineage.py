@@ -259,8 +259,7 @@ def guest_writes_durability(da) -> pd.DataFrame:
     t_opt = sub - unc
     t_cert = t_opt if direct else done + unc
     pieces = mapping.to_host(da.extents, w["sector"].to_numpy(), w["nsect"].to_numpy())
-    w["mapped"] = False
-    w.loc[w.index[np.unique(pieces["i"].to_numpy())], "mapped"] = True
+    w["mapped"] = np.bincount(pieces["i"].to_numpy(), minlength=len(w))[: len(w)] > 0
     ok = ~np.isnan(t_opt[pieces["i"].to_numpy()])
     pieces = pieces[ok]
     wid = w["rid"].to_numpy()[pieces["i"].to_numpy()]
