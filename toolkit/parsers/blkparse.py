@@ -124,7 +124,17 @@ def parse_line(line: str) -> dict | None:
         out["error"] = int(d["err"])
     if "name" in d:
         out["comm"] = d["name"]
-    return out
+    return out if _fits(out) else None
+
+
+def _fits(d: dict) -> bool:
+    """Numbers a real line can hold: int64 values, devices major < 2**12 and minor < 2**20 (dev_t)."""
+    for k in ("device", "remap_device"):
+        if k in d:
+            a, b = d[k].split(",")
+            if int(a) >= 1 << 12 or int(b) >= 1 << 20:
+                return False
+    return all(-(1 << 63) <= v < 1 << 63 for v in d.values() if isinstance(v, int))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,7 +170,7 @@ def _pair(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
     c = s + comma.argmax(axis=1)
     maj, ok1 = _num(a, s, c, 7)
     mnr, ok2 = _num(a, c + 1, e, 7)
-    return maj, mnr, has & ok1 & ok2
+    return maj, mnr, has & ok1 & ok2 & (maj < 1 << 12) & (mnr < 1 << 20)  # dev_t; other lines: grammar
 
 
 def _pack(a: np.ndarray, s: np.ndarray, e: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +250,7 @@ def _fast(buf: bytes) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     s3, e3 = tok(3)
     ok &= (e3 - s3 >= 11) & (a[np.maximum(e3 - 10, 0)] == 46)
     sec, o = _num(a, s3, e3 - 10, 11)
+    o &= sec < 9_000_000_000  # seconds * 1e9 must fit int64; larger ones: the grammar (which rejects them)
     ok &= o
     ns, o = _num(a, e3 - 9, e3, 9)
     ok &= o
