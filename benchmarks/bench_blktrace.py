@@ -68,10 +68,10 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from toolkit.parsers import {mod}
 paths = {paths!r}
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 r = {mod}.parse(paths)
-dt = time.perf_counter() - t
-print(json.dumps({{"seconds": dt, "events": len(r.events), "rejects": len(r.rejects),
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({{"seconds": dt, "cpu_s": dc, "events": len(r.events), "rejects": len(r.rejects),
                   "table_bytes": int(r.events.memory_usage(deep=True).sum()),
                   "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
 """
@@ -81,20 +81,38 @@ import json, resource, subprocess, sys, time
 t = time.perf_counter()
 p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "rc": p.returncode,
-                  "maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"seconds": dt, "cpu_s": ru.ru_utime + ru.ru_stime, "rc": p.returncode,
+                  "maxrss": ru.ru_maxrss * 1024}))
 """
 
 
-def run_reader(mod: str, paths: list[str]) -> dict:
+def _median(runs: list[dict]) -> dict:
+    """The run with the median wall time, and the median CPU time and the largest peak RSS of all runs."""
+    runs = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(runs[len(runs) // 2])
+    out["cpu_s"] = sorted(r["cpu_s"] for r in runs)[len(runs) // 2]
+    out["maxrss"] = max(r["maxrss"] for r in runs)
+    out["all_seconds"] = [round(r["seconds"], 2) for r in runs]
+    return out
+
+
+def run_reader(mod: str, paths: list[str], repeat: int = 1) -> dict:
+    """``mod.parse(paths)`` in ``repeat`` fresh subprocesses (median)."""
     code = CHILD.format(root=str(ROOT), mod=mod, paths=paths)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return _median(runs)
 
 
-def run_blkparse(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", WRAP, *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_blkparse(args: list[str], repeat: int = 1) -> dict:
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", WRAP, *args], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return _median(runs)
 
 
 def make_text(source: str, n_lines: int, tmp: Path) -> tuple[Path, str]:
@@ -127,6 +145,7 @@ def main() -> None:
     ap.add_argument("--lines", type=float, default=5e6, help="text lines (default 5 M)")
     ap.add_argument("--source", choices=sorted(SOURCES), default="host")
     ap.add_argument("--tmp", default=None, help="directory for the scaled files (default: a temp dir)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each reader; the median is reported (default 3)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=a.tmp) as d:
         tmp = Path(d)
@@ -140,28 +159,37 @@ def main() -> None:
         nlines = txt.read_bytes().count(b"\n")
         print(f"text: {nlines:,} lines, {txt.stat().st_size / 1e6:.0f} MB ({how})")
         rows = []
-        b = run_reader("blktrace", paths)
-        rows.append(("writeorder binary", b["events"], b["seconds"], b["maxrss"], b["table_bytes"]))
-        x = run_reader("blkparse", [str(txt)])
-        rows.append(("writeorder text", nlines, x["seconds"], x["maxrss"], x["table_bytes"]))
+        load0 = os.getloadavg()[0]
+        b = run_reader("blktrace", paths, a.repeat)
+        rows.append(("writeorder binary", b["events"], b))
+        x = run_reader("blkparse", [str(txt)], a.repeat)
+        rows.append(("writeorder text", nlines, x))
         bp = None
         if shutil.which("blkparse"):
-            bp = run_blkparse(["blkparse", "-i", "big", "-D", str(tmp), "-o", "/dev/null"])
-            rows.append(("blkparse -o /dev/null", n, bp["seconds"], bp["maxrss"], 0))
-        print(f"\n{'reader':24s} {'items':>12s} {'seconds':>8s} {'items/s':>12s} {'peak RSS':>10s} "
-              f"{'table':>10s} {'RSS/table':>9s}")
-        for name, cnt, sec, rss, tb in rows:
-            ratio = f"{rss / tb:9.2f}" if tb else f"{'':9s}"
+            bp = run_blkparse(["blkparse", "-i", "big", "-D", str(tmp), "-o", "/dev/null"], a.repeat)
+            bp["table_bytes"] = 0
+            rows.append(("blkparse -o /dev/null", n, bp))
+        print(f"\nmedian of {a.repeat} runs, each in a fresh process; load average before {load0:.1f}, "
+              f"after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"{'reader':24s} {'items':>12s} {'wall s':>7s} {'cpu s':>7s} {'items/s':>12s} {'items/cpu-s':>12s} "
+              f"{'peak RSS':>10s} {'table':>10s} {'RSS/table':>9s}  runs (wall s)")
+        for name, cnt, r in rows:
+            tb = r["table_bytes"]
+            ratio = f"{r['maxrss'] / tb:9.2f}" if tb else f"{'':9s}"
             tbs = f"{tb / 1e6:8.0f}MB" if tb else f"{'':10s}"
-            print(f"{name:24s} {cnt:12,d} {sec:8.2f} {cnt / sec:12,.0f} {rss / 1e6:8.0f}MB {tbs} {ratio}")
+            print(f"{name:24s} {cnt:12,d} {r['seconds']:7.2f} {r['cpu_s']:7.2f} {cnt / r['seconds']:12,.0f} "
+                  f"{cnt / r['cpu_s']:12,.0f} {r['maxrss'] / 1e6:8.0f}MB {tbs} {ratio}  {r['all_seconds']}")
         print()
         brate = b["events"] / b["seconds"]
         if bp:
-            print(f"binary vs blkparse: {brate / (n / bp['seconds']):.1f}x (target >= 10x)")
-        print(f"text: {nlines / x['seconds'] / 1e6:.2f} M lines/s (target >= 1.5)")
+            bprate = n / bp["seconds"]
+            print(f"binary vs blkparse: {brate / bprate:.1f}x wall, "
+                  f"{(b['events'] / b['cpu_s']) / (n / bp['cpu_s']):.1f}x per CPU second (target >= 10x; "
+                  f"needs {10 * bprate / 1e6:.1f} M records/s)")
+        print(f"text: {nlines / x['seconds'] / 1e6:.2f} M lines/s wall, {nlines / x['cpu_s'] / 1e6:.2f} M per CPU "
+              f"second (target >= 1.5)")
         print(f"binary peak RSS / table: {b['maxrss'] / b['table_bytes']:.2f} (target <= 2)")
         print(f"text peak RSS / table: {x['maxrss'] / x['table_bytes']:.2f} (target <= 2)")
-
 
 if __name__ == "__main__":
     main()

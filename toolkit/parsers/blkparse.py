@@ -558,11 +558,11 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     cols = {
         "line": sel,
         "time_ns": k(sec) * 1_000_000_000 + k(ns),
-        "dev": (k(maj) << 20) | k(mnr),
-        "cpu": k(cpu), "seq": k(seq), "pid": k(pid), "act": k(act).astype(np.int64),
-        "rwbs": (k(rcode), _FIXED_RWBS),
+        "dev": ((k(maj) << 20) | k(mnr)).astype(np.int32),  # major <= 999 in this layout
+        "cpu": k(cpu), "seq": k(seq), "pid": k(pid), "act": k(act),
+        "rwbs": (k(rcode).astype(np.int8), _FIXED_RWBS),
         "sector": np.where(k(has_ext), k(sector), -1), "nsect": nsect_k, "bytes": nsect_k * 512,
-        "error": np.where(k(iserr), k(err), 0),
+        "error": np.where(k(iserr), k(err), 0).astype(np.int32),
         "comm": comm,
         "remap_device": _Fill(-1, n),
         "remap_sector": _Fill(None, n),
@@ -688,7 +688,7 @@ def _merge_parts(parts: list[dict]) -> dict:
         if key == "rwbs":
             labels = sorted({x for _, lab in vals for x in lab})
             ix = {x: i for i, x in enumerate(labels)}
-            out[key] = (np.concatenate([np.array([ix[x] for x in lab], dtype=np.int64)[c] if len(lab)
+            out[key] = (np.concatenate([np.array([ix[x] for x in lab], dtype=np.int16)[c] if len(lab)
                                         else c for c, lab in vals]), labels)
         elif isinstance(vals[0], tuple):
             out[key] = tuple(np.concatenate([v[i] for v in vals]) for i in range(len(vals[0])))
@@ -858,8 +858,9 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     srt = np.argsort(np.array(rlabels, dtype=object))
     rcodes = np.argsort(srt)[rcodes]
     rlabels = [rlabels[i] for i in srt]
-    act = c["act"]
+    act = c.pop("act")
     au, acodes = _small_unique(act)
+    del act
     alabels = [ACTIONS[i] for i in au]
     # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
     rcat = category_from_rwbs(np.array(rlabels, dtype=object)) if rlabels else np.zeros(0, dtype=np.int64)
@@ -890,15 +891,15 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         return pd.arrays.IntegerArray(np.where(v[1], v[0], 0).astype(np.int64), ~v[1])
 
     cols = {
-        "time_ns": c["time_ns"],
+        "time_ns": c.pop("time_ns"),
         "device": pd.Categorical.from_codes(dcodes.astype(np.int32), categories=_devstr(du), validate=False),
-        "cpu": c["cpu"].astype(np.int32, copy=False),
-        "seq": c["seq"], "pid": c["pid"],
+        "cpu": c.pop("cpu").astype(np.int32, copy=False),
+        "seq": c.pop("seq"), "pid": c.pop("pid"),
         "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
         "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
-        "sector": c["sector"], "nsect": c["nsect"], "bytes": nbytes,
-        "error": errno_signed(c["error"]),
-        "comm": _string_series(c["comm"]),
+        "sector": c.pop("sector"), "nsect": c.pop("nsect"), "bytes": nbytes,
+        "error": errno_signed(c.pop("error")),
+        "comm": _string_series(c.pop("comm")),
         "category": cat,
         "op": pd.Categorical.from_codes(oc[kcodes].astype(np.int32), categories=list(ol), validate=False),
         "preflush": (cat & TC["flush"]) != 0,
@@ -906,11 +907,11 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         "sync": (cat & TC["sync"]) != 0,
         "meta": (cat & TC["meta"]) != 0,
         "remap_device": rm_arr,
-        "remap_sector": nint(c["remap_sector"]),
-        "split_sector": nint(c["split_sector"]),
-        "unplug_depth": nint(c["unplug_depth"]),
-        "message": _string_series(c["message"]),
-        "file": pd.Categorical.from_codes(c["file"], categories=paths, validate=False),
-        "pos": c["line"],
+        "remap_sector": nint(c.pop("remap_sector")),
+        "split_sector": nint(c.pop("split_sector")),
+        "unplug_depth": nint(c.pop("unplug_depth")),
+        "message": _string_series(c.pop("message")),
+        "file": pd.Categorical.from_codes(c.pop("file"), categories=paths, validate=False),
+        "pos": c.pop("line"),
     }
     return pd.DataFrame(cols, copy=False)
