@@ -59,6 +59,8 @@ STATE_RULES: dict[str, str] = {
 }
 
 CHUNK = 32 << 20
+#: a file whose first this many bytes are less than 1 % trace event lines is not a QEMU log (TraceError)
+NO_EVENT_LIMIT = 1 << 20
 READ_SIZE = 64 << 10
 _NAME = re.compile(r"[a-z][a-z0-9]*_[A-Za-z0-9_]*")
 
@@ -84,10 +86,18 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
         # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
         st = fileio.Stream(path, min(chunk_size, READ_SIZE))
         line0 = 0  # lines before the current block
-        for item in fileio.line_blocks(_blocks(st, chunk_size)):
+        seen = nev = nrej = 0  # bytes, events, rejects (garbage is refused early, not kept as millions of rejects)
+        for item in fileio.line_blocks(_blocks(st, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT))):
             if item[0] == "lines":
                 _, block, line0 = item
                 ev, rej, n, sty = _parse_block(block, name, line0)
+                first = seen == 0
+                seen += len(block)
+                nev += len(ev)
+                nrej += len(rej)
+                if first and seen >= NO_EVENT_LIMIT // 2 and nev * 100 < nrej:
+                    raise fileio.TraceError(f"{name}: not a QEMU log: {nev} trace event lines among the "
+                                            f"{nev + nrej} lines of the first {seen >> 10} KB")
                 line0 += n
                 ev_parts.append(ev)
                 rej_parts.append(rej)
@@ -127,16 +137,17 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
     return ParseResult(events=events, rejects=rejects, meta=meta)
 
 
-def _blocks(st: fileio.Stream, size: int):
-    """Join the stream's small reads into blocks of about ``size`` bytes."""
+def _blocks(st: fileio.Stream, size: int, first: int | None = None):
+    """Join the stream's small reads into blocks of about ``size`` bytes (the first one ``first`` bytes)."""
     buf: list[bytes] = []
     n = 0
+    want = first or size
     for b in st:
         buf.append(b)
         n += len(b)
-        if n >= size:
+        if n >= want:
             yield b"".join(buf)
-            buf, n = [], 0
+            buf, n, want = [], 0, size
     if buf:
         yield b"".join(buf)
 

@@ -247,12 +247,18 @@ def _decode_slow(body: bytes, decl: list[te.Arg] | None, order: str, eid: int) -
         return list(struct.unpack_from(f"{order}{n}Q", body, 0)) if n else []
     out: list = []
     q = 0
-    for a in decl:
+    for a in decl:  # a record shorter than its declaration (damaged): the missing values stay null
         if a.is_string:
+            if q + 4 > len(body):
+                break
             (n,) = struct.unpack_from(order + "I", body, q)
+            if q + 4 + n > len(body):
+                break
             out.append(body[q + 4:q + 4 + n].decode("utf-8", errors="replace"))
             q += 4 + n
         else:
+            if q + 8 > len(body):
+                break
             (v,) = struct.unpack_from(order + "Q", body, q)
             out.append(v)
             q += 8
