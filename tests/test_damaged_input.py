@@ -310,3 +310,69 @@ def test_check_json_is_byte_identical(tmp_path, monkeypatch):
     (b / "traceset.toml").write_text(_reorder(toml))
     assert (b / "traceset.toml").read_text() != toml
     assert _check_json(b) == first
+
+
+# ------------------------------------------------------------------------------------------------ report safety
+HOSTILE_COMM = b"<svg/onload=a>"  # 14 bytes: fits a kernel comm (16), an element with a handler if unescaped
+IMG = "<img src=x onerror=alert(1)>"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _hostile_blktrace(data: bytes) -> bytes:
+    """Every notify_process name of a blktrace file replaced by HOSTILE_COMM (same record sizes)."""
+    out = bytearray(data)
+    off = 0
+    while off + 48 <= len(out):
+        action, pl = struct.unpack_from("<I", out, off + 28)[0], struct.unpack_from("<H", out, off + 46)[0]
+        if (action >> 16) & 0x400 and (action & 0xFF) == 0 and pl == 16:
+            out[off + 48:off + 64] = HOSTILE_COMM.ljust(16, b"\0")
+        off += 48 + pl
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def hostile_set_report(tmp_path_factory) -> tuple[Path, Path]:
+    """raw-unsafe (it has violations: evidence tables with process names) with HTML, control characters and a
+    very long string in process names (blktrace comm), QEMU event arguments, rejected QEMU lines and a path."""
+    from toolkit import report
+
+    root = tmp_path_factory.mktemp("hostile-content")
+    src = root / "set"
+    shutil.copytree(TRACES / "raw-unsafe", src, ignore=shutil.ignore_patterns(".writeorder"))
+    for f in [*src.glob("host.blktrace.*.xz"), *src.glob("guest/guest.blktrace.*.xz")]:
+        f.write_bytes(lzma.compress(_hostile_blktrace(lzma.decompress(f.read_bytes()))))
+    log = lzma.decompress((src / "qemu-vm.log.xz").read_bytes()).split(b"\n")
+    evil = [f"1@1795647321.000001:thread_pool_submit pool {IMG} req \x1b[31m\u202e opaque {'L' * 5000}".encode(),
+            f"qemu-system-x86_64: warning: {IMG} \x07\x1b]0;pwned\x07 {'W' * 5000}".encode()]
+    log = log[:5] + evil + log[5:]
+    long_name = "q\x1b[31m" + "N" * 150 + ".log.xz"
+    (src / "qemu-vm.log.xz").unlink()
+    (src / long_name).write_bytes(lzma.compress(b"\n".join(log)))
+    toml = (src / "traceset.toml").read_text()
+    toml = toml.replace('path = "qemu-vm.log.xz"', 'path = "q\\u001b[31m' + "N" * 150 + '.log.xz"')
+    (src / "traceset.toml").write_text(toml)
+    out = root / "r.html"
+    r = report.run_report(src, out)
+    return out, src, r
+
+
+def test_report_escapes_and_shortens_hostile_trace_strings(hostile_set_report):
+    out, src, r = hostile_set_report
+    html = out.read_text(encoding="utf-8")
+    assert r.verdict and "NOT SAFE" in html
+    assert "<svg" not in html and "<img src=x" not in html and "onerror=alert" not in html.replace("&lt;", "")
+    assert "&lt;svg/onload=a&gt;" in html  # the process names are shown, escaped
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u202e]", html), "raw control characters in the report"
+    assert "N" * 150 not in html or "\\x1b[31m" in html  # the path's escape character made visible
+    assert "L" * 2100 not in html and "W" * 2100 not in html  # very long strings shortened
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+def test_report_hostile_strings_inject_no_element_in_chromium(hostile_set_report):
+    out, _, _ = hostile_set_report
+    p = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    dom = p.stdout
+    assert "writeorder postmortem" in dom
+    assert not re.search(r"<svg[^>]*onload", dom) and not re.search(r"<img[^>]*onerror", dom)
+    assert "&lt;svg/onload=a&gt;" in dom

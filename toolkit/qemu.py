@@ -248,7 +248,8 @@ def _jobs(f: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     cm = _is(f, JOB_COMPLETE)[_codes(f)] & f["req"].notna().to_numpy()
     crow = np.flatnonzero(cm)
     if len(j) and len(crow):
-        jr = pd.DataFrame({"seq": j["seq"].to_numpy(), "rk": req.astype(np.uint64).astype(np.float64)})
+        # a job whose req pointer could not be read (damaged line) has no key and finds no completion
+        jr = pd.DataFrame({"seq": j["seq"].to_numpy(), "rk": req.astype("Float64").to_numpy(np.float64, na_value=np.nan)})
         cr = pd.DataFrame({"seq": f["seq"].to_numpy()[crow],
                            "rk": f["req"].array.take(crow).astype(np.uint64).astype(np.float64),
                            "complete_ns": f["t"].to_numpy()[crow], "job_ret": f["ret"].array.take(crow)})

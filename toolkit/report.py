@@ -48,9 +48,25 @@ def notebook_path(name: str = "postmortem") -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
-def esc(x: object) -> str:
-    """HTML-escape anything (None -> empty)."""
-    return "" if x is None else html.escape(str(x), quote=True)
+#: control characters (C0 but tab/newline, DEL, C1) and invisible/bidi overrides: shown as \\xNN / \\uNNNN
+_CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+MAX_TEXT = 2000  # characters of one escaped string (a trace-provided string can be megabytes)
+MAX_CELL = 300  # characters of one table cell
+
+
+def _visible(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def esc(x: object, limit: int = MAX_TEXT) -> str:
+    """HTML-escape anything (None -> empty), control characters made visible, shortened to ``limit``."""
+    if x is None:
+        return ""
+    s = str(x)
+    if len(s) > limit:
+        s = s[:limit - 1] + "…"
+    return html.escape(_CTRL.sub(_visible, s), quote=True)
 
 
 def parse_window(window: str | None) -> tuple[float, float] | None:
@@ -209,7 +225,7 @@ def table_html(df: pd.DataFrame, *, raw: tuple[str, ...] = (), max_rows: int | N
     for rec in df.itertuples(index=False):
         cells = []
         for c, v in zip(df.columns, rec, strict=True):
-            cells.append(f"<td>{v if c in raw else esc('' if _isna(v) else v)}</td>")
+            cells.append(f"<td>{v if c in raw else esc('' if _isna(v) else v, MAX_CELL)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="dataframe"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
