@@ -23,6 +23,7 @@ OP_COLOR = {"write": "#4C72B0", "read": "#9e9e9e", "flush": "#DD8452", "discard"
             "write_zeroes": "#8172B3"}
 CRASH_COLOR = "#e53935"
 MAX_ROWS = 8  # rows per lane before requests share rows
+OVERVIEW_MAX = 1500  # guest requests in the default overview of a large set (matplotlib draws each bar)
 
 
 def plain(s: object) -> str:
@@ -144,14 +145,18 @@ def swimlanes(da, window: tuple[int, int] | None = None, violation=None, *, widt
     Guest/QEMU flushes are orange bars; flushes of the host device are red triangles and dashed lines."""
     req = lane_requests(da)
     t0 = da.t0
+    note = ""
     hf = da.df_host_flushes() if da.host_traces else pd.DataFrame(columns=["d_ns", "c_ns"])
     if window is not None:
         segs = [(float(window[0]), float(window[1]))]
     elif violation is not None:
         segs = _segments(evidence_times(da, violation), min_pad=200_000.0)
-    elif len(req):  # the guest's activity (else everything), padded
+    elif len(req):  # the guest's activity (else everything), padded; on a large set only its first requests
         g = req[req["lane"] == "guest-block"]
         g = g if len(g) else req
+        if len(g) > OVERVIEW_MAX:
+            g = g.nsmallest(OVERVIEW_MAX, "start_ns")
+            note = f" (overview: the first {OVERVIEW_MAX:,} guest requests; pass a window to see others)"
         a, b = float(g["start_ns"].min()), float(g["end_ns"].fillna(g["start_ns"]).max())
         segs = [(a - 0.02 * (b - a), b + 0.02 * (b - a))]
     else:
@@ -245,7 +250,8 @@ def swimlanes(da, window: tuple[int, int] | None = None, violation=None, *, widt
             ax.plot((1 - d, 1 + d), (0.98, 1.02), **kw)
     axes[0].set_yticks(yticks, ylabels)
     axes[0].set_ylim(-0.8, y0 - 0.6)
-    axes[int(np.argmax(ratios))].set_xlabel("time (s, reference clock, from the host trace's start)", fontsize=9)
+    axes[int(np.argmax(ratios))].set_xlabel("time (s, reference clock, from the host trace's start)" + note,
+                                            fontsize=9)
     handles = [Patch(color=OP_COLOR[o], label=o) for o in ("write", "flush", "read")]
     handles.append(plt.Line2D([], [], color=CRASH_COLOR, ls="--", marker="v", label="host device flush"))
     if violation is not None:
