@@ -15,6 +15,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from toolkit import fileio
@@ -91,3 +92,14 @@ def reject_rows(file: str, rows: list[tuple[int, int, str, str]]) -> pd.DataFram
         "file": [file] * len(rows), "pos": list(pos), "length": list(length), "reason": list(reason),
         "text": [t if len(t) <= 200 else t[:197] + "..." for t in text],
     }))
+
+
+def small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) for small non-negative integers, in O(n) with a lookup table."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    present = np.bincount(x)
+    uniq = np.flatnonzero(present)
+    lut = np.zeros(len(present), dtype=np.int32)
+    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
+    return uniq, lut[x]

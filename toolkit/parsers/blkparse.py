@@ -35,7 +35,7 @@ from toolkit.events import (
     errno_signed,
     op_from_category,
 )
-from toolkit.parsers import ParseResult, reject_rows
+from toolkit.parsers import ParseResult, reject_rows, small_unique
 
 # ---------------------------------------------------------------------------------------------------------------
 # actions
@@ -701,15 +701,6 @@ def _merge_parts(parts: list[dict]) -> dict:
     return out
 
 
-def _small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(x, return_inverse=True) for small non-negative integers, in O(n) with a lookup table."""
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    present = np.bincount(x)
-    uniq = np.flatnonzero(present)
-    lut = np.zeros(len(present), dtype=np.int32)
-    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
-    return uniq, lut[x]
 
 
 def _take(cols: dict, order: np.ndarray) -> dict:
@@ -853,13 +844,13 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         du, dcodes = np.unique(dev, return_inverse=True)
     del dev
     rcodes, rlabels = c.pop("rwbs")
-    used, rcodes = _small_unique(rcodes)  # only the labels in use, in sorted order
+    used, rcodes = small_unique(rcodes)  # only the labels in use, in sorted order
     rlabels = [rlabels[i] for i in used]
     srt = np.argsort(np.array(rlabels, dtype=object))
     rcodes = np.argsort(srt)[rcodes]
     rlabels = [rlabels[i] for i in srt]
     act = c.pop("act")
-    au, acodes = _small_unique(act)
+    au, acodes = small_unique(act)
     del act
     alabels = [ACTIONS[i] for i in au]
     # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
@@ -868,7 +859,7 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     cat = (rcat[rcodes] | acat[acodes]).astype(np.int32)
     nbytes = c["bytes"]
     key = cat.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (acodes.astype(np.int64) << 17)
-    uk, kcodes = _small_unique(key)
+    uk, kcodes = small_unique(key)
     del key
     op_u = op_from_category(uk & 0xFFFF, (uk >> 16) & 1, np.array(alabels, dtype=object)[uk >> 17]).astype(str)
     ol, oc = np.unique(op_u, return_inverse=True)

@@ -39,7 +39,7 @@ from toolkit.events import (
     op_from_category,
     rwbs_from_category,
 )
-from toolkit.parsers import ParseResult, reject_rows
+from toolkit.parsers import ParseResult, reject_rows, small_unique
 
 MAGIC = 0x65617400
 VERSION = 7
@@ -595,7 +595,7 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
     del code16
     notify = (cat_bits & _NOTIFY) != 0
     acode = code + np.where(notify, 100, 0).astype(np.int32) if notify.any() else code
-    uniq_a, a_codes = _small_unique(acode)
+    uniq_a, a_codes = small_unique(acode)
     del acode
     a_labels = [NOTIFY_ACTIONS.get(int(u) - 100, f"notify_{int(u) - 100}") if u >= 100
                 else ACTION_LETTERS.get(int(u), f"action_{int(u)}") for u in uniq_a]
@@ -642,7 +642,7 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
 
     # rwbs and op from the distinct (category, bytes != 0, action) combinations
     key = cat_bits | ((nbytes != 0).astype(np.int32) << 16) | (a_codes.astype(np.int32) << 17)
-    uk, k_codes = _small_unique(key)
+    uk, k_codes = small_unique(key)
     del key
     uk_cat = uk & 0xFFFF
     uk_b = (uk >> 16) & 1
@@ -775,15 +775,6 @@ def _comm_codes(pid: np.ndarray, pidx: np.ndarray, ncodes: np.ndarray) -> np.nda
 _ERRNO = errno_signed(np.arange(1 << 16))
 
 
-def _small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(x, return_inverse=True) for small non-negative integers, in O(n) with a lookup table."""
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    present = np.bincount(x)
-    uniq = np.flatnonzero(present)
-    lut = np.zeros(len(present), dtype=np.int32)
-    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
-    return uniq, lut[x]
 
 
 def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
