@@ -500,6 +500,14 @@ def _ipc_kernel_manager():
             kw.setdefault("transport", "ipc")
             super().__init__(**kw)
 
+        async def start_kernel(self, **kw):
+            # the kernel's own stderr is chatter ("KeyboardInterrupt caught in kernel" at shutdown); what a cell
+            # prints or raises reaches the notebook through the kernel protocol, not through this stream
+            import subprocess
+
+            kw.setdefault("stderr", subprocess.DEVNULL)
+            return await super().start_kernel(**kw)
+
     return IPCKernelManager
 
 
