@@ -18,8 +18,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from toolkit import clocks, durability, mapping, qemu, requests, store, traceset
-from toolkit.events import BLOCK_EVENTS, QEMU_EVENTS
+from toolkit import clocks, durability, lineage, mapping, qemu, requests, store, traceset
+from toolkit.events import BLOCK_EVENTS
 from toolkit.parsers import ParseResult
 from toolkit.traceset import Disk, Trace, TraceSet
 
@@ -84,8 +84,6 @@ class SetAnalysis:
             elif clock == "monotonic":
                 off = clocks.Offset.constant(f"{t.node}:monotonic", self.ref, 0, 0, "same clock")
         if off is None and clock is not None:
-            from toolkit import lineage
-
             off = lineage.qemu_host_offset(self, t)
         self._qoff[t.index] = off
         return off
@@ -306,14 +304,10 @@ class DiskAnalysis:
         return self._memo("lineage", self._lineage)
 
     def _lineage(self) -> pd.DataFrame:
-        from toolkit import lineage
-
         return lineage.link_guest_qemu(self)
 
     @cached_property
     def guest_offset(self) -> clocks.Offset | None:
-        from toolkit import lineage
-
         return lineage.guest_clock(self)
 
     # ---------------------------------------------------------------- durability
@@ -356,8 +350,6 @@ class DiskAnalysis:
 
     @cached_property
     def direct_share(self) -> float | None:
-        from toolkit import lineage
-
         return lineage.direct_io_share(self)
 
     @cached_property
@@ -379,15 +371,13 @@ class DiskAnalysis:
         return self._memo("writes", self._writes)
 
     def _writes(self) -> pd.DataFrame:
-        from toolkit import lineage
-
         return lineage.guest_writes_durability(self)
 
     def df_flushes(self) -> pd.DataFrame:
         """Guest flushes (the promises) with their QEMU and host side: rid, g_d, g_c, qid, h_handle, h_ack,
         host_flushes (device flushes of the host issued in [h_handle, h_ack]), new_writes (guest writes
         first promised by this flush), late_writes (those not durable on the host by h_ack)."""
-        return self._memo("flushes", lambda: __import__("toolkit.lineage").lineage.guest_flushes(self))
+        return self._memo("flushes", lambda: lineage.guest_flushes(self))
 
     def df_exposure(self) -> pd.DataFrame:
         """At-risk set over time (reference clock): time_ns, writes, bytes."""
@@ -404,5 +394,3 @@ class DiskAnalysis:
             self._cache[key] = fn()
         return self._cache[key]
 
-
-QEMU_SCHEMA = QEMU_EVENTS
