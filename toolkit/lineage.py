@@ -250,7 +250,7 @@ def guest_writes_durability(da) -> pd.DataFrame:
     lin = da.df_lineage()
     w = lin[(lin["op"] == "write")].copy()
     w["completed"] = w["g_c"].notna() & (w["error"].fillna(0) == 0)
-    direct = da.inferred_direct if hasattr(da, "inferred_direct") else (direct_io_share(da) or 0) >= 0.8
+    direct = da.inferred_direct
     # earliest host issue that can carry the write's data: QEMU's submission to the host (or, when its host
     # job is not attributed, QEMU's receipt); certainly carried once QEMU's host write completed (or it acked)
     sub = w["h_sub"].fillna(w["h_handle"]).to_numpy(np.float64)
