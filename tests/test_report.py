@@ -245,3 +245,67 @@ def test_migration_section_when_present(tmp_path):
     if doc.get("migration"):
         assert any('alt="migration handover timeline"' in m for m in re.findall(r"<img [^>]*>", html))
     assert r.verdict
+
+
+# ------------------------------------------------------------------------------------------------ many findings
+def test_many_violations_capped_per_class():
+    """~5,000 findings (the unsafe set's, copied with shifted times): the table and the evidence show at most
+    MAX_PER_CLASS of each class, worst first, and one line per class says how many more are in the JSON."""
+    import dataclasses
+    from collections import Counter
+
+    from toolkit.analysis import SetAnalysis
+    from toolkit.verdict import check_analysis
+
+    sa = SetAnalysis.load(TRACES / UNSAFE)
+    res = check_analysis(sa)
+    base = list(res.violations)
+    copies = -(-5000 // len(base))
+    many = [dataclasses.replace(v, start_ns=None if v.start_ns is None else v.start_ns + k * 10**9,
+                                end_ns=None if v.end_ns is None else v.end_ns + k * 10**9)
+            for k in range(copies) for v in base]
+    assert len(many) >= 5000
+    shown = report.select_violations(many)
+    by_disk = {da.name: da for da in sa.disks}
+    t0 = {da.name: da.t0 for da in sa.disks}
+    cap = report.MAX_PER_CLASS
+    total = Counter(v.cls for _, v in shown)
+    json_path = report.PKG.parent / "reports" / "raw-unsafe.check.json"
+
+    table = report.violations_html(res, shown, t0, json_path=json_path)
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td>", table)
+    per_class = Counter(c for _, c in rows)
+    assert per_class == {c: min(n, cap) for c, n in total.items()}
+    ids = [int(i) for i, _ in rows]
+    expected = {c: [vid for vid, v in shown if v.cls == c][:cap] for c in total}  # the worst of each class
+    assert all([i for i, c in rows if c == k] == [str(x) for x in expected[k]] for k in total)
+    assert ids == sorted(ids, key=[vid for vid, _ in shown].index)  # worst first, as selected
+    for c, n in total.items():
+        assert (f"<b>{n - cap} more {c} findings</b>, listed in the JSON "
+                f'(<a href="raw-unsafe.check.json"><code>reports/raw-unsafe.check.json</code></a>)') in table
+        assert f"{n} {c}" in table  # the per-class counts above the table
+    links = set(re.findall(r'href="#ev-(\d+)"', table))
+    assert links == {str(i) for i in ids}
+
+    ev = report.evidence_list_html(by_disk, shown, json_path=json_path)
+    anchors = re.findall(r'id="ev-(\d+)"', ev)
+    assert len(anchors) == len(set(anchors)) and set(anchors) == links  # evidence only for the rows shown
+    assert all(f"{n - cap} more {c} findings" in ev for c, n in total.items())
+    assert len(table) + len(ev) < 2_000_000
+
+
+def test_few_violations_not_capped():
+    """Fewer than the cap in every class: the table and the evidence are unchanged, no "more" line."""
+    from types import SimpleNamespace
+
+    mk = [SimpleNamespace(cls=c, severity="error", uncertain=False, disk="d", start_ns=i, end_ns=i + 1,
+                          sector=None, nsect=None, sentence=f"s{i}", requests=[], details={})
+          for i, c in enumerate(["crash-reorder"] * 3 + ["flush-not-durable"] * 2)]
+    shown = list(enumerate(mk))
+    assert report.cap_per_class(shown) == (shown, {})
+    t = report.violations_html(None, shown, {"d": 0}, json_path="/x/y.check.json")
+    assert t.startswith('<div class="wo-scroll wo-vtable">') and "more" not in t and "findings" not in t
+    assert len(re.findall(r'href="#ev-\d+"', t)) == 5
+    kept, left = report.cap_per_class(shown, 2)
+    assert [vid for vid, _ in kept] == [0, 1, 3, 4] and left == {"crash-reorder": 1}
+    assert "1 more crash-reorder finding</b>" in report.violations_html(None, shown, {"d": 0}, per_class=2)

@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -266,21 +267,65 @@ def config_html(sa, res) -> str:
     return "".join(out)
 
 
-def violations_html(res, shown: list[tuple[int, object]], t0: dict[str, int], max_rows: int = 500) -> str:
-    """The violations table, worst first, with each one's sentence and a link to its evidence."""
+#: rows per violation class in the violations table and the evidence section (the rest: counted, in the JSON)
+MAX_PER_CLASS = 50
+
+
+def cap_per_class(shown: list[tuple[int, object]], per_class: int = MAX_PER_CLASS
+                  ) -> tuple[list[tuple[int, object]], dict[str, int]]:
+    """The first ``per_class`` violations of each class, in the order of ``shown`` (worst first), and how many
+    of each class were left out ({class: count}, classes in order of first appearance; empty when none)."""
+    kept, seen, left = [], {}, {}
+    for vid, v in shown:
+        n = seen.get(v.cls, 0)
+        seen[v.cls] = n + 1
+        if n < per_class:
+            kept.append((vid, v))
+        else:
+            left[v.cls] = left.get(v.cls, 0) + 1
+    return kept, left
+
+
+def json_label(json_path: str | Path | None) -> str:
+    """Where the full list is (HTML): the .check.json beside the report, linked by its file name and shown by
+    its path in the repository when it is inside it; the ``writeorder check --json`` document otherwise."""
+    if not json_path:
+        return "the document of <code>writeorder check --json</code>"
+    p = Path(json_path).resolve()
+    shown = p.relative_to(PKG.parent) if p.is_relative_to(PKG.parent) else p.name
+    return f'<a href="{esc(quote(p.name))}"><code>{esc(shown)}</code></a>'
+
+
+def _left_out_html(left: dict[str, int], json_path: str | Path | None) -> str:
+    where = json_label(json_path)
+    return "".join(f'<p class="wo-more"><b>{n} more {esc(c)} finding{"s" if n != 1 else ""}</b>, listed in the '
+                   f"JSON ({where}).</p>" for c, n in left.items())
+
+
+def violations_html(res, shown: list[tuple[int, object]], t0: dict[str, int], max_rows: int = 500, *,
+                    per_class: int = MAX_PER_CLASS, json_path: str | Path | None = None) -> str:
+    """The violations table, worst first, with each one's sentence and a link to its evidence. At most
+    ``per_class`` rows of each class (the worst); past that, the count per class and one line per class saying
+    how many more there are in the JSON document (``json_path``)."""
     if not shown:
         return "<p>No violation to show.</p>"
+    kept, left = cap_per_class(shown, per_class)
     rows = []
-    for vid, v in shown[:max_rows]:
+    for vid, v in kept[:max_rows]:
         base = t0.get(v.disk, 0)
         rows.append({"#": vid, "class": v.cls, "severity": v.severity + (" (uncertain)" if v.uncertain else ""),
                      "disk": v.disk, "window": f"{rel_s(v.start_ns, base)} → "
                                                f"{rel_s(v.end_ns, base) if v.end_ns is not None else 'open'}",
                      "sectors": "" if v.sector is None else f"{v.sector}+{v.nsect}",
                      "sentence": v.sentence, "evidence": f'<a href="#ev-{int(vid)}">evidence #{int(vid)}</a>'})
-    more = (f"<p>… and {len(shown) - max_rows} more (see the JSON document).</p>" if len(shown) > max_rows else "")
-    return ('<div class="wo-scroll wo-vtable">' + table_html(pd.DataFrame(rows), raw=("evidence",)) + "</div>"
-            + more)
+    more = (f"<p>… and {len(kept) - max_rows} more (see the JSON document).</p>" if len(kept) > max_rows else "")
+    head = ""
+    if left:
+        counts = Counter(v.cls for _, v in shown)
+        head = (f"<p>{len(shown)} findings: " + ", ".join(f"{n} {esc(c)}" for c, n in counts.items())
+                + f". The table shows at most the {per_class} worst of each class; the rest are counted below it.</p>")
+    return (head + '<div class="wo-scroll wo-vtable">' + table_html(pd.DataFrame(rows), raw=("evidence",))
+            + "</div>" + more + _left_out_html(left, json_path))
 
 
 def evidence_frame(da, v) -> pd.DataFrame:
@@ -329,14 +374,17 @@ def evidence_html(da, vid: int, v) -> str:
             + table_html(evidence_frame(da, v)) + "</div>")
 
 
-def evidence_list_html(by_disk: dict, shown: list[tuple[int, object]], max_items: int = 300) -> str:
-    """The evidence of every shown violation (the targets of the table's links)."""
+def evidence_list_html(by_disk: dict, shown: list[tuple[int, object]], max_items: int = 300, *,
+                       per_class: int = MAX_PER_CLASS, json_path: str | Path | None = None) -> str:
+    """The evidence of every violation the table shows (the targets of its links): the same ``per_class`` cap,
+    and the same per-class lines for the rest."""
     if not shown:
         return "<p>No violation.</p>"
-    parts = [evidence_html(by_disk[v.disk], vid, v) for vid, v in shown[:max_items]]
-    if len(shown) > max_items:
-        parts.append(f"<p>… {len(shown) - max_items} more in the .check.json document.</p>")
-    return "".join(parts)
+    kept, left = cap_per_class(shown, per_class)
+    parts = [evidence_html(by_disk[v.disk], vid, v) for vid, v in kept[:max_items]]
+    if len(kept) > max_items:
+        parts.append(f"<p>… {len(kept) - max_items} more in the .check.json document.</p>")
+    return "".join(parts) + _left_out_html(left, json_path)
 
 
 def zoom_caption_html(vid: int, v) -> str:
