@@ -117,6 +117,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
             truncated.append({"file": name, "line": line0, "reason": "compressed stream ends early"})
             notes.append(f"{name}: compressed stream ends early after line {line0}")
         lines += line0
+    if len(ev_parts) > 1:
+        ev_parts = _common_categories(ev_parts, ("event", "file"))
     events = pd.concat(ev_parts, ignore_index=True) if ev_parts else QEMU_EVENTS.empty()
     if ev_parts:
         events["event"] = events["event"].astype("category")
@@ -135,6 +137,29 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
         "styles": styles, "lines": lines, "truncated": truncated, "notes": notes,
     }
     return ParseResult(events=events, rejects=rejects, meta=meta)
+
+
+def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list[pd.DataFrame]:
+    """The parts with these categorical columns recoded to the dtype that concat + astype('category') gives them.
+
+    pandas concatenates categoricals with different categories as plain values and ``astype('category')`` then
+    re-encodes millions of strings; the dtype depends only on the categories in use, so it is computed on one
+    value per used category and the parts are recoded to it (same frame, a fraction of the time).
+    """
+    parts = list(parts)
+    for col in cols:
+        minis = []
+        for p in parts:
+            c = p[col].array
+            codes = np.asarray(c.codes)
+            used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(c.categories)))
+            if (codes < 0).any():
+                used = np.append(used, -1)
+            minis.append(pd.Series(pd.Categorical.from_codes(used, dtype=c.dtype)))
+        dtype = pd.concat(minis, ignore_index=True).astype("category").dtype
+        parts = [p if p[col].dtype == dtype and p[col].array.categories.equals(dtype.categories)
+                 else p.assign(**{col: p[col].astype(dtype)}) for p in parts]
+    return parts
 
 
 def _blocks(st: fileio.Stream, size: int, first: int | None = None):
@@ -166,7 +191,11 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
         except UnicodeDecodeError:  # binary noise: replace invalid bytes so that Arrow strings stay valid UTF-8
             data = data.decode("utf-8", errors="replace").encode("utf-8")
             buf = np.frombuffer(data, dtype=np.uint8)
-    nl = np.flatnonzero(buf == 10)
+    # one scan for every byte class of interest: newline, space, ':', '@', '.'
+    pos = _byte_positions(buf, (10, 32, 58, 64, 46))
+    cls = buf[pos]
+    isnl = cls == 10
+    nl = pos[isnl]
     n = len(nl)
     s = np.empty(n, dtype=np.int64)
     s[0] = 0
@@ -174,13 +203,16 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     e = nl.astype(np.int64)
     lineno = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
 
-    spc = np.flatnonzero(buf == 32)
-    ks = np.searchsorted(spc, s)
-    ke = np.searchsorted(spc, e)
+    issp = cls == 32
+    spc = pos[issp]
+    ke = np.flatnonzero(cls[isnl | issp] == 10) - np.arange(n)  # spaces before each line end
+    ks = np.empty(n, dtype=ke.dtype)  # spaces before each line start
+    ks[0] = 0
+    ks[1:] = ke[:-1]
     sp = np.where(ks < ke, spc[np.minimum(ks, max(len(spc) - 1, 0))] if len(spc) else e, e)
-    co = _first_at_or_after(buf == 58, s, sp)
-    at = _first_at_or_after(buf == 64, s, co)
-    dot = _first_at_or_after(buf == 46, at, co)
+    co = _first_at_or_after_pos(pos[cls == 58], s, sp)
+    at = _first_at_or_after_pos(pos[cls == 64], s, co)
+    dot = _first_at_or_after_pos(pos[cls == 46], at, co)
     legacy = (co < sp) & (at > s) & (dot > at + 1) & (co > dot + 1)
     ev_s = np.where(legacy, co + 1, s)
     # event names: check the few distinct names, not the lines
@@ -190,30 +222,39 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     fast = good[codes] if len(good) else np.zeros(n, bool)
     li = np.flatnonzero(legacy & fast)
     if len(li):
-        tid_v, ok1 = _digits(buf, s[li], at[li], 18)
-        sec_v, ok2 = _digits(buf, at[li] + 1, dot[li], 10)  # more: the regex path rejects it
-        usec_v, ok3 = _digits(buf, dot[li] + 1, co[li], 9)
-        dig = ok1 & ok2 & ok3  # other digit runs (long fractions, huge numbers): the regex path
+        words = _words(buf)
+        tid_v, sec_v, ok12 = _prefix_runs(buf, words, s[li], at[li], dot[li])
+        usec_v, ok3 = _digits(buf, dot[li] + 1, co[li], 9, words)
+        dig = ok12 & ok3  # other digit runs (long fractions, huge numbers): the regex path
         fast[li[~dig]] = False
         li, tid_v, sec_v = li[dig], tid_v[dig], sec_v[dig]
         frac_ns = usec_v[dig] * 10 ** (9 - (co[li] - dot[li] - 1))
     fi = np.flatnonzero(fast)
-    ev_name = names.take(pa.array(fi))
+    nfast = len(fi)
+    if nfast == n:  # every line (the usual case): views, no copies
+        fi = slice(None)
+        ev_name = names
+    else:
+        ev_name = names.take(pa.array(fi))
     args = _gather(buf, np.minimum(sp[fi] + 1, e[fi]), e[fi])
     lf = legacy[fi] & fast[fi]
     tmask = ~lf
-    tid = np.zeros(len(fi), dtype=np.int64)
-    t = np.zeros(len(fi), dtype=np.int64)
-    if len(li):
-        tid[lf] = tid_v
-        t[lf] = sec_v * 1_000_000_000 + frac_ns
+    if len(li) and len(li) == nfast:
+        tid = tid_v
+        t = sec_v * 1_000_000_000 + frac_ns
+    else:
+        tid = np.zeros(nfast, dtype=np.int64)
+        t = np.zeros(nfast, dtype=np.int64)
+        if len(li):
+            tid[lf] = tid_v
+            t[lf] = sec_v * 1_000_000_000 + frac_ns
     typed, need = _typed_fast(buf, spc, ks[fi], ke[fi], e[fi], codes[fi], names.dictionary.to_pylist())
     core = {
         "pos": lineno[fi], "time_ns": pd.arrays.IntegerArray(t, tmask.copy()),
         "tid": pd.arrays.IntegerArray(tid, tmask.copy()), "event": ev_name, "args": args,
         "typed": typed, "need": need,
     }
-    styles = {"tid@sec.usec": int(len(li)), "bare": int(len(fi) - len(li))}
+    styles = {"tid@sec.usec": int(len(li)), "bare": int(nfast - len(li))}
 
     # slow path: other prefix styles, and lines that are no trace events
     si = np.flatnonzero(~fast)
@@ -241,9 +282,29 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     return _build_events(core, file), rej, n, styles
 
 
-def _first_at_or_after(hit: np.ndarray, start: np.ndarray, limit: np.ndarray) -> np.ndarray:
-    """Per line, the first position >= start where ``hit`` is true, or ``limit`` when there is none before it."""
-    pos = np.flatnonzero(hit)
+_SCAN = 1 << 18
+
+
+def _byte_positions(buf: np.ndarray, chars: tuple[int, ...]) -> np.ndarray:
+    """Sorted positions of the bytes in ``chars``, scanned in cache-sized slices (no buffer-sized masks)."""
+    hit = np.empty(min(len(buf), _SCAN), dtype=bool)
+    tmp = np.empty_like(hit)
+    small = np.int32 if len(buf) < 2**31 else np.int64  # half the memory for the usual blocks
+    parts = []
+    for off in range(0, len(buf), _SCAN):
+        b = buf[off:off + _SCAN]
+        h, t = hit[:len(b)], tmp[:len(b)]
+        np.equal(b, chars[0], out=h)
+        for ch in chars[1:]:
+            h |= np.equal(b, ch, out=t)
+        p = np.flatnonzero(h).astype(small)
+        p += off
+        parts.append(p)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=small)
+
+
+def _first_at_or_after_pos(pos: np.ndarray, start: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Per line, the first of the sorted positions ``pos`` that is >= start, or ``limit`` when none is before it."""
     if not len(pos):
         return limit.copy()
     i = np.searchsorted(pos, start)
@@ -269,28 +330,90 @@ def _gather(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> pa.StringArray:
     return pc.cast(out, pa.string()) if big else out
 
 
-def _digits(buf: np.ndarray, a: np.ndarray, b: np.ndarray, maxlen: int) -> tuple[np.ndarray, np.ndarray]:
+def _words(buf: np.ndarray) -> np.ndarray:
+    """The unaligned little-endian uint64 at every byte offset of ``buf`` (a view: word i = buf[i:i + 8])."""
+    if len(buf) < 8:
+        return np.zeros(0, dtype=np.uint64)
+    return np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+
+
+_ZEROS8 = np.uint64(0x3030303030303030)
+_HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
+_SIX8 = np.uint64(0x0606060606060606)
+
+
+def _digits8(buf: np.ndarray, words: np.ndarray, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """buf[b_i - L_i:b_i] (1 <= L_i <= 8 ASCII digits) as int64, and which ones are all digits."""
+    n = len(b)
+    w = np.zeros(n, dtype=np.uint64)
+    src = b - 8
+    inside = (src >= 0) & (src < len(words))
+    if inside.all():
+        w = words[src]
+    else:
+        ii = np.flatnonzero(inside)
+        w[ii] = words[src[ii]]
+        for i in np.flatnonzero(~inside):  # a run at the very start of the buffer: byte by byte
+            x = bytes(buf[max(int(b[i]) - 8, 0):int(b[i])])
+            w[i] = np.uint64(int.from_bytes(x.rjust(8, b"0"), "little"))
+    sh = ((8 - L) * 8).astype(np.uint64)  # L >= 1: sh <= 56
+    w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))  # the run, '0'-padded on the left
+    ok = ((w & _HI4) == _ZEROS8) & (((w + _SIX8) & _HI4) == _ZEROS8)
+    v = w - _ZEROS8
+    v = ((v * np.uint64(10)) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    v = ((v * np.uint64(100)) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    v = ((v * np.uint64(10000)) + (v >> np.uint64(32))) & np.uint64(0x00000000FFFFFFFF)
+    return v.view(np.int64), ok
+
+
+def _prefix_runs(buf: np.ndarray, words: np.ndarray, a: np.ndarray, m: np.ndarray, d: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``TID@SEC`` at buf[a_i:d_i] ('@' at m_i): tid, sec and validity, as _digits (18 and 10 digits) gives them.
+
+    Consecutive lines mostly repeat the same bytes (same thread, same second): they are parsed once per run.
+    """
+    n = len(a)
+    nw = len(words)
+    L = d - a
+    same = np.zeros(n, dtype=bool)
+    if n > 1 and nw:
+        inb = (L <= 24) & (a + 8 < nw) & (d - 8 >= 0)
+        k1 = words[np.minimum(a, nw - 1)]
+        k2 = words[np.minimum(a + 8, nw - 1)]
+        k3 = words[np.clip(d - 8, 0, nw - 1)]
+        same[1:] = (inb[1:] & inb[:-1] & (L[1:] == L[:-1]) & (k1[1:] == k1[:-1]) & (k2[1:] == k2[:-1])
+                    & (k3[1:] == k3[:-1]))
+    chg = np.flatnonzero(~same)
+    tid_c, ok1 = _digits(buf, a[chg], m[chg], 18, words)
+    sec_c, ok2 = _digits(buf, m[chg] + 1, d[chg], 10, words)  # more: the regex path rejects it
+    if len(chg) == n:
+        return tid_c, sec_c, ok1 & ok2
+    idx = np.cumsum(~same) - 1
+    return tid_c[idx], sec_c[idx], (ok1 & ok2)[idx]
+
+
+def _digits(buf: np.ndarray, a: np.ndarray, b: np.ndarray, maxlen: int,
+            words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decimal digit runs buf[a_i:b_i] as int64 (1..maxlen ASCII digits), and which ones are that."""
+    if words is None:
+        words = _words(buf)
     L = b - a
-    val = np.zeros(len(a), dtype=np.int64)
     ok = (L >= 1) & (maxlen >= L)
-    for w in np.unique(L[ok]):
-        same = w == L
-        sel = None if same.all() else np.flatnonzero(same)
-        aa = a if sel is None else a[sel]
-        v = np.zeros(len(aa), dtype=np.int64)
-        good = np.ones(len(aa), dtype=bool)
-        for j in range(int(w)):  # one digit column at a time: 1-D gathers
-            d = buf[aa + j] - np.uint8(48)
-            good &= d <= 9
-            v *= 10
-            v += d
-        if sel is None:
-            val, ok = v, good
-        else:
-            val[sel] = v
-            ok[sel] = good
-    return val, ok
+    Lc = np.where(ok, L, 1)
+    val, good = _digits8(buf, words, np.where(ok, b, np.minimum(a + 1, len(buf))), np.minimum(Lc, 8))
+    if maxlen > 8:
+        long_ = np.flatnonzero(Lc > 8)
+        if len(long_):
+            bl, Ll = b[long_] - 8, Lc[long_] - 8
+            v2, g2 = _digits8(buf, words, bl, np.minimum(Ll, 8))
+            x = np.flatnonzero(Ll > 8)
+            if len(x):
+                v3, g3 = _digits8(buf, words, bl[x] - 8, Ll[x] - 8)
+                v2[x] += v3 * 100_000_000
+                g2[x] &= g3
+            val[long_] += v2 * 100_000_000
+            good[long_] &= g2
+    return val, ok & good
 
 
 _KEY_FIRST = np.zeros(256, dtype=bool)  # a value token starts with one of these, a key never does
@@ -319,7 +442,7 @@ def _typed_fast(buf: np.ndarray, spc: np.ndarray, ks: np.ndarray, ke: np.ndarray
     cnt = np.bincount(codes, minlength=len(names))
     bounds = np.zeros(len(cnt) + 1, dtype=np.int64)
     np.cumsum(cnt, out=bounds[1:])
-    nspc = len(spc)
+    words = _words(buf)
     for c in range(len(cnt)):
         rows = by[bounds[c]:bounds[c + 1]]
         if not len(rows):
@@ -333,17 +456,15 @@ def _typed_fast(buf: np.ndarray, spc: np.ndarray, ks: np.ndarray, ke: np.ndarray
         kk = ks[rows]
         # token t of each row: [spc[ks + t] + 1, spc[ks + t + 1]) (the last one ends at the line end)
         tst = [spc[kk + t] + 1 for t in range(ntok)]
-        ten = [spc[np.minimum(kk + t + 1, nspc - 1)] if t + 1 < ntok else e[rows] for t in range(ntok)]
+        ten = [tst[t + 1] - 1 for t in range(ntok - 1)] + [e[rows]]  # the next space, or the line end
         toks = [bytes(buf[tst[t][0]:ten[t][0]]) for t in range(ntok)]
         numlike = [len(x) > 0 and x[0] in b"0123456789-(" for x in toks]
         ok = np.ones(len(rows), dtype=bool)
         for t, x in enumerate(toks):
             if numlike[t]:
                 ok &= _KEY_FIRST[buf[tst[t]]] & (ten[t] > tst[t])
-            else:
-                ok &= (ten[t] - tst[t]) == len(x)
-                for m, ch in enumerate(x):
-                    ok &= buf[np.minimum(tst[t] + m, len(buf) - 1)] == ch
+            else:  # the word and the byte after it (space or newline: the token ends there)
+                ok &= _match_literal(buf, words, tst[t], x + (b" " if t + 1 < ntok else b"\n"))
         rows = rows[ok]
         if not len(rows):
             continue
@@ -361,14 +482,79 @@ def _typed_fast(buf: np.ndarray, spc: np.ndarray, ks: np.ndarray, ke: np.ndarray
                 d[rows] = v[0] if col in POINTER_COLUMNS else np.uint64(v[0]).view(np.int64)
                 msk[rows] = not valid[0]
                 continue
-            v, valid = _parse_tokens(buf, tst[t + 1][ok], ten[t + 1][ok])
+            v, valid = _parse_tokens(buf, tst[t + 1][ok], ten[t + 1][ok], words)
             d[rows] = v if col in POINTER_COLUMNS else v.view(np.int64)
             msk[rows] = ~valid
     return out, need
 
 
-def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _match_literal(buf: np.ndarray, words: np.ndarray, pos: np.ndarray, x: bytes) -> np.ndarray:
+    """Whether buf[pos_i:pos_i + len(x)] == x, compared 8 bytes at a time (``pos`` ascending)."""
+    ok = np.ones(len(pos), dtype=bool)
+    nw = len(words)
+    for m in range(0, len(x), 8):
+        part = x[m:m + 8]
+        p = pos + m
+        if not nw:
+            tail = np.arange(len(pos))
+        elif len(p) and p[-1] >= nw:
+            ok &= (words[np.minimum(p, nw - 1)] & np.uint64((1 << (8 * len(part))) - 1)) == np.uint64(
+                int.from_bytes(part, "little"))
+            tail = np.flatnonzero(p >= nw)
+        else:
+            w = words[p]
+            if len(part) < 8:
+                w &= np.uint64((1 << (8 * len(part))) - 1)
+            ok &= w == np.uint64(int.from_bytes(part, "little"))
+            continue
+        for i in tail:  # the last 7 bytes of the buffer: byte by byte
+            ok[i] = bytes(buf[int(p[i]):int(p[i]) + len(part)]) == part
+    return ok
+
+
+def _hex_fast(buf: np.ndarray, words: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hex digit runs buf[a_i:b_i] (1..16 digits, any case) as uint64, and which ones are all hex digits."""
+    n = len(a)
+    D = b - a
+    out = np.zeros(n, dtype=np.uint64)
+    good = np.ones(n, dtype=bool)
+    for lo, src in ((0, b - 8), (8, b - 16)):
+        k = np.clip(D - lo, 0, 8)  # digits in this 8-byte word
+        sel = np.flatnonzero(k > 0) if lo else None
+        if sel is not None:
+            if not len(sel):
+                break
+            src, k = src[sel], k[sel]
+        w = np.zeros(len(src), dtype=np.uint64)
+        inside = (src >= 0) & (src < len(words))
+        if inside.all():
+            w = words[src]
+        else:
+            ii = np.flatnonzero(inside)
+            w[ii] = words[src[ii]]
+            for i in np.flatnonzero(~inside):
+                e_ = int(src[i]) + 8
+                w[i] = np.uint64(int.from_bytes(bytes(buf[max(e_ - 8, 0):e_]).rjust(8, b"0"), "little"))
+        sh = ((8 - k) * 8).astype(np.uint64)  # k >= 1: keep the top k bytes, '0' before them
+        w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))
+        x = _LUT[w.view(np.uint8)].view(np.uint64)  # nibble per byte, 0xFF for a non-hex byte
+        g = (x & _HI4) == 0
+        x = ((x << np.uint64(4)) | (x >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+        x = ((x << np.uint64(8)) | (x >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+        v = ((x << np.uint64(16)) | (x >> np.uint64(32))) & np.uint64(0x00000000FFFFFFFF)
+        if sel is None:
+            out, good = v, g
+        else:
+            out[sel] |= v << np.uint64(32)
+            good[sel] &= g
+    return out, good
+
+
+def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """parse_ints(unsigned=True) of the tokens buf[a_i:b_i]: Arrow's cast for the plain forms, else the general."""
+    if words is None:
+        words = _words(buf)
     n = len(a)
     out = np.zeros(n, dtype=np.uint64)
     valid = np.zeros(n, dtype=bool)
@@ -381,6 +567,17 @@ def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
     for sel_mask, typ in ((hexf, pa.uint64()), (decf, pa.int64())):
         sel = np.flatnonzero(sel_mask)
         if not len(sel):
+            continue
+        # all plain (the usual case): the same values as Arrow's cast, without building strings
+        if typ == pa.uint64():
+            v, g = _hex_fast(buf, words, a[sel] + 2, b[sel])
+        else:
+            neg = buf[a[sel]] == 45
+            v, g = _digits(buf, a[sel] + neg, b[sel], 18, words)
+            v = np.where(neg, -v, v).astype(np.uint64)
+        if g.all():
+            out[sel] = v
+            valid[sel] = True
             continue
         tok = _gather(buf, a[sel], b[sel])
         try:
@@ -575,20 +772,28 @@ def parse_ints(a: pa.Array, *, unsigned: bool = False) -> tuple[np.ndarray, np.n
 
 def _states(ev: pa.DictionaryArray, args: pa.Array, k: int) -> pd.arrays.StringArray:
     """The ``state`` column: the state named by run-state, migration and activation events."""
-    state = np.full(k, None, dtype=object)
     if k == 0:
-        return pd.array(state, dtype="string")
+        return pd.array(np.full(0, None, dtype=object), dtype="string")
     names = ev.dictionary.to_pylist()
     idx = ev.indices.to_numpy(zero_copy_only=False)
+    rows_l: list[np.ndarray] = []
+    vals_l: list[pa.Array] = []
     for code, name in enumerate(names):
         rule = STATE_RULES.get(name)
         if rule is None:
             continue
         rows = np.flatnonzero(idx == code)
+        if not len(rows):
+            continue
         ex = pc.extract_regex(args.take(pa.array(rows)), rule)
-        s = pc.struct_field(ex, [0]).to_pylist()
-        state[rows] = s
-    return pd.array(state, dtype="string")
+        rows_l.append(rows)
+        vals_l.append(pc.cast(pc.struct_field(ex, [0]), pa.large_string()))
+    if not rows_l:
+        return pd.arrays.ArrowStringArray(pa.nulls(k, pa.large_string()))
+    vals = pa.concat_arrays([*vals_l, pa.nulls(1, pa.large_string())])
+    take = np.full(k, len(vals) - 1, dtype=np.int64)
+    take[np.concatenate(rows_l)] = np.arange(len(vals) - 1, dtype=np.int64)
+    return pd.arrays.ArrowStringArray(vals.take(pa.array(take)))
 
 
 def _int64_array(a: pa.Array) -> pd.arrays.IntegerArray:
