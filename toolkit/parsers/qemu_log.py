@@ -342,20 +342,24 @@ _HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
 _SIX8 = np.uint64(0x0606060606060606)
 
 
-def _digits8(buf: np.ndarray, words: np.ndarray, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """buf[b_i - L_i:b_i] (1 <= L_i <= 8 ASCII digits) as int64, and which ones are all digits."""
-    n = len(b)
-    w = np.zeros(n, dtype=np.uint64)
-    src = b - 8
+def _words_at(buf: np.ndarray, words: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """The 8 bytes buf[src_i:src_i+8] of each start as a little-endian uint64 (``words[k]`` = the word at byte
+    k); a start before the buffer (a run at its very beginning) is read byte by byte, '0'-padded on the left."""
     inside = (src >= 0) & (src < len(words))
     if inside.all():
-        w = words[src]
-    else:
-        ii = np.flatnonzero(inside)
-        w[ii] = words[src[ii]]
-        for i in np.flatnonzero(~inside):  # a run at the very start of the buffer: byte by byte
-            x = bytes(buf[max(int(b[i]) - 8, 0):int(b[i])])
-            w[i] = np.uint64(int.from_bytes(x.rjust(8, b"0"), "little"))
+        return words[src]
+    w = np.zeros(len(src), dtype=np.uint64)
+    ii = np.flatnonzero(inside)
+    w[ii] = words[src[ii]]
+    for i in np.flatnonzero(~inside):  # at most one per block: the run at the buffer's start
+        e = int(src[i]) + 8
+        w[i] = np.uint64(int.from_bytes(bytes(buf[max(e - 8, 0):e]).rjust(8, b"0"), "little"))
+    return w
+
+
+def _digits8(buf: np.ndarray, words: np.ndarray, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """buf[b_i - L_i:b_i] (1 <= L_i <= 8 ASCII digits) as int64, and which ones are all digits."""
+    w = _words_at(buf, words, b - 8)
     sh = ((8 - L) * 8).astype(np.uint64)  # L >= 1: sh <= 56
     w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))  # the run, '0'-padded on the left
     ok = ((w & _HI4) == _ZEROS8) & (((w + _SIX8) & _HI4) == _ZEROS8)
@@ -525,16 +529,7 @@ def _hex_fast(buf: np.ndarray, words: np.ndarray, a: np.ndarray, b: np.ndarray) 
             if not len(sel):
                 break
             src, k = src[sel], k[sel]
-        w = np.zeros(len(src), dtype=np.uint64)
-        inside = (src >= 0) & (src < len(words))
-        if inside.all():
-            w = words[src]
-        else:
-            ii = np.flatnonzero(inside)
-            w[ii] = words[src[ii]]
-            for i in np.flatnonzero(~inside):
-                e_ = int(src[i]) + 8
-                w[i] = np.uint64(int.from_bytes(bytes(buf[max(e_ - 8, 0):e_]).rjust(8, b"0"), "little"))
+        w = _words_at(buf, words, src)
         sh = ((8 - k) * 8).astype(np.uint64)  # k >= 1: keep the top k bytes, '0' before them
         w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))
         x = _LUT[w.view(np.uint8)].view(np.uint64)  # nibble per byte, 0xFF for a non-hex byte
