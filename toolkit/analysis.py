@@ -46,6 +46,10 @@ class SetAnalysis:
         self.results = results
         self.ref = clocks.reference_clock(ts)
         self._qoff: dict[int, clocks.Offset | None] = {}
+        #: per disk name, what a time slice of a larger set takes from the whole (see toolkit.slicing): ``t0``,
+        #: ``ids`` (first guest_bios / guest_req / host_bios / qemu_req id of the slice), ``inferred_direct``,
+        #: ``guest_write_cache``
+        self.context: dict[str, dict] = {}
 
     @classmethod
     def load(cls, path, *, use_cache: bool = True, progress=None) -> SetAnalysis:
@@ -126,6 +130,20 @@ class DiskAnalysis:
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- traces
+    @property
+    def ctx(self) -> dict:
+        """What this disk's time slice takes from the whole set (empty for a whole set)."""
+        return self.sa.context.get(self.name, {})
+
+    def _numbered(self, key: str, df: pd.DataFrame, col: str = "rid") -> pd.DataFrame:
+        """Ids of a slice continue those of the slices before it (``ctx['ids'][key]``)."""
+        base = self.ctx.get("ids", {}).get(key, 0)
+        if base and len(df):
+            df[col] += base
+            if col == "rid" and "parent" in df.columns:
+                df["parent"] += base
+        return df
+
     @property
     def ts(self) -> TraceSet:
         return self.sa.ts
@@ -224,6 +242,8 @@ class DiskAnalysis:
     @cached_property
     def t0(self) -> int:
         """Origin (ns, reference clock) of the relative times in sentences and plots: the host trace's start."""
+        if "t0" in self.ctx:
+            return self.ctx["t0"]
         if len(self.host_events):
             return int(self.host_events["time_ns"].min())
         return 0
@@ -240,18 +260,18 @@ class DiskAnalysis:
     # ---------------------------------------------------------------- requests
     def df_guest_bios(self) -> pd.DataFrame:
         """Guest bios (REQUESTS; guest clock; extra btt columns q2d_ns, d2c_ns, q2c_ns)."""
-        return self._memo("guest_bios", lambda: requests.block_requests(
-            self.guest_events, node=self.disk.guest, layer="guest-block"))
+        return self._memo("guest_bios", lambda: self._numbered("guest_bios", requests.block_requests(
+            self.guest_events, node=self.disk.guest, layer="guest-block")))
 
     def df_guest_requests(self) -> pd.DataFrame:
         """What the guest sent to the virtual disk: one row per issued request (REQUESTS, guest clock)."""
-        return self._memo("guest_req", lambda: requests.dispatched_requests(
-            self.guest_events, node=self.disk.guest, layer="guest-block"))
+        return self._memo("guest_req", lambda: self._numbered("guest_req", requests.dispatched_requests(
+            self.guest_events, node=self.disk.guest, layer="guest-block")))
 
     def df_host_bios(self) -> pd.DataFrame:
         """Host bios on the device beneath the image (REQUESTS, reference clock)."""
-        return self._memo("host_bios", lambda: requests.block_requests(
-            self.host_events, node=self.host_node, layer="host-block"))
+        return self._memo("host_bios", lambda: self._numbered("host_bios", requests.block_requests(
+            self.host_events, node=self.host_node, layer="host-block")))
 
     def df_host_flushes(self) -> pd.DataFrame:
         """Device flushes of the host device: d_ns, c_ns, error, pid (reference clock)."""
@@ -286,7 +306,7 @@ class DiskAnalysis:
                 return pd.DataFrame()
             out = pd.concat(parts, ignore_index=True)
             out["qid"] = np.arange(len(out))
-            return out
+            return self._numbered("qemu_req", out, "qid")
         return self._memo("qemu_req", build)
 
     @cached_property
@@ -339,6 +359,8 @@ class DiskAnalysis:
         """
         if self.disk.guest_write_cache is not None:
             return self.disk.guest_write_cache
+        if "guest_write_cache" in self.ctx:
+            return self.ctx["guest_write_cache"]
         g = self.df_guest_requests()
         if (g["op"] == "flush").any():
             return True
@@ -349,12 +371,21 @@ class DiskAnalysis:
         return not (len(w) and (w["hd_opt_ns"] <= w["h_ack"]).mean() >= 0.9)
 
     @cached_property
+    def direct_counts(self) -> tuple[int, int] | None:
+        """(linked guest writes carried by a host write issued while QEMU's write was in flight, linked guest
+        writes measured), or None when it cannot be measured (see lineage.direct_io_counts)."""
+        return lineage.direct_io_counts(self)
+
+    @property
     def direct_share(self) -> float | None:
-        return lineage.direct_io_share(self)
+        c = self.direct_counts
+        return None if c is None else c[0] / c[1]
 
     @cached_property
     def inferred_direct(self) -> bool:
         """Host writes carry guest writes synchronously (O_DIRECT: cache=none / directsync)."""
+        if "inferred_direct" in self.ctx:
+            return self.ctx["inferred_direct"]
         if self.direct_share is None:
             return (self.disk.cache or "none") in ("none", "directsync")
         return self.direct_share >= 0.8

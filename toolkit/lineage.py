@@ -225,6 +225,13 @@ def direct_io_share(da) -> float | None:
     """Share of linked guest writes whose own host write (mapped start sector) was issued between QEMU's
     submission and completion of the write: ~1 with O_DIRECT (cache=none/directsync), ~0 through the page
     cache. None when it cannot be measured."""
+    c = direct_io_counts(da)
+    return None if c is None else c[0] / c[1]
+
+
+def direct_io_counts(da) -> tuple[int, int] | None:
+    """(writes carried by a host write issued while QEMU's write was in flight, writes measured) behind
+    :func:`direct_io_share` (counts add up over time slices); None when nothing can be measured."""
     lin = da.df_lineage()
     w = lin[(lin["op"] == "write") & lin["h_handle"].notna() & lin["h_ack"].notna()]
     hw = da.df_host_writes()
@@ -243,7 +250,7 @@ def direct_io_share(da) -> float | None:
     m = pd.merge_asof(left.sort_values("t"), right.sort_values("t"), on="t", by="h_sector",
                       direction="forward")
     ok = m["q"].notna() & (m["q"] <= m["done"])
-    return float(ok.mean()) if len(m) else None
+    return (int(ok.sum()), int(len(m))) if len(m) else None
 
 
 def guest_writes_durability(da) -> pd.DataFrame:

@@ -328,8 +328,12 @@ def block_requests(events: pd.DataFrame, *, node: str = "", layer: str = "") -> 
     bios["q2c_ns"] = bios["rq_c_ns"].fillna(bios["c_ns"]) - bios["q_ns"]
     bios["node"] = node
     bios["layer"] = layer
-    bios = bios.sort_values(["q_ns", "d_ns", "pos"], kind="stable", na_position="last").reset_index(drop=True)
-    # rids in time order; remap parents
+    # rids in time order (a request seen only from its dispatch at its dispatch time), so that a time slice of
+    # the trace numbers its requests as the whole trace does, less the count before it
+    bios["_k"] = bios["q_ns"].fillna(bios["d_ns"])
+    bios = bios.sort_values(["_k", "d_ns", "pos"], kind="stable", na_position="last").drop(columns="_k")
+    bios = bios.reset_index(drop=True)
+    # remap parents
     remap = pd.Series(np.arange(len(bios)), index=bios["rid"].to_numpy())
     bios["parent"] = pd.array(bios["parent"].map(remap), dtype="Int64")
     bios["rid"] = np.arange(len(bios), dtype=np.int64)

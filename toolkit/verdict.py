@@ -101,31 +101,53 @@ def coverage(da: DiskAnalysis) -> dict:
     }
 
 
-def check_analysis(sa: SetAnalysis) -> CheckResult:
-    res = CheckResult(sa)
+@dataclass
+class DiskPart:
+    """What the checks found on one disk (or one time slice of it): the pieces of a CheckResult."""
+
+    disk: str
+    violations: list[Violation] = field(default_factory=list)
+    cannot_check: list[dict] = field(default_factory=list)
+    checks_run: list[str] = field(default_factory=list)
+    coverage: dict = field(default_factory=dict)
+    cache_counts: dict = field(default_factory=dict)
+    declared: str | None = None
+    clocks: dict = field(default_factory=dict)
+
+
+def check_disk(sa: SetAnalysis, da: DiskAnalysis) -> DiskPart:
+    """Every disk check on one disk of ``sa`` (a whole set, or a time slice of it: toolkit.slicing)."""
     layers = {t.layer for t in sa.ts.traces}
+    part = DiskPart(da.name, declared=da.disk.cache)
+    for m in da.requires():
+        part.cannot_check.append({"disk": da.name, **m.to_json()})
+    for name, needs, fn in DISK_CHECKS:
+        missing = [x for x in needs if x not in layers]
+        if missing:
+            part.cannot_check.append({"disk": da.name, "check": name,
+                                      "reason": f"no {', '.join(missing)} trace in the set"})
+            continue
+        part.violations += fn(da)
+        part.checks_run.append(name)
+    part.coverage = coverage(da)
+    part.cache_counts = cache_mode.counts(da)
+    off = da.guest_offset
+    if off is not None:
+        part.clocks[f"{off.clock}->{off.ref}"] = off
+    for t in da.qemu_traces:
+        qo = sa.qemu_offset(t)
+        if qo is not None:
+            part.clocks[f"qemu {t.path} ({t.node}, {t.role})->{qo.ref}"] = qo
+    return part
+
+
+def _clock_doc(key: str, off) -> dict:
+    return {**off.summary(), "clock": off.clock} if key.startswith("qemu ") else off.summary()
+
+
+def check_set_level(sa: SetAnalysis, res: CheckResult) -> list[Violation]:
+    """The checks over the whole set (migration and split-brain) and what the set as a whole lacks."""
     vs: list[Violation] = []
-    for da in sa.disks:
-        for m in da.requires():
-            res.cannot_check.append({"disk": da.name, **m.to_json()})
-        for name, needs, fn in DISK_CHECKS:
-            missing = [x for x in needs if x not in layers]
-            if missing:
-                res.cannot_check.append({"disk": da.name, "check": name,
-                                         "reason": f"no {', '.join(missing)} trace in the set"})
-                continue
-            vs += fn(da)
-            if name not in res.checks_run:
-                res.checks_run.append(name)
-        res.coverage[da.name] = coverage(da)
-        res.inferred_cache[da.name] = cache_mode.infer(da)
-        off = da.guest_offset
-        if off is not None:
-            res.clocks[f"{off.clock}->{off.ref}"] = off.summary()
-        for t in da.qemu_traces:
-            qo = sa.qemu_offset(t)
-            if qo is not None:
-                res.clocks[f"qemu {t.path} ({t.node}, {t.role})->{qo.ref}"] = {**qo.summary(), "clock": qo.clock}
     if not sa.ts.disks:
         res.cannot_check.append({"disk": None, "check": "all disk checks",
                                  "reason": "no [[disk]] in traceset.toml: say which guest device maps to which "
@@ -140,8 +162,31 @@ def check_analysis(sa: SetAnalysis) -> CheckResult:
         res.cannot_check.append({"disk": None, "check": "migration and split-brain",
                                  "reason": "needs the QEMU traces of every writer and the host-block trace of the "
                                            "shared device"})
+    return vs
+
+
+def assemble(sa: SetAnalysis, parts: list[DiskPart], set_level: bool = True) -> CheckResult:
+    """The verdict document from the disk parts (in disk order) and the set-level checks."""
+    res = CheckResult(sa)
+    vs: list[Violation] = []
+    for p in parts:
+        res.cannot_check += p.cannot_check
+        vs += p.violations
+        for name in p.checks_run:
+            if name not in res.checks_run:
+                res.checks_run.append(name)
+        res.coverage[p.disk] = p.coverage
+        res.inferred_cache[p.disk] = cache_mode.decide(p.cache_counts, p.declared)
+        for k, off in p.clocks.items():
+            res.clocks[k] = _clock_doc(k, off)
+    if set_level:
+        vs += check_set_level(sa, res)
     res.violations = _order(vs)
     return res
+
+
+def check_analysis(sa: SetAnalysis) -> CheckResult:
+    return assemble(sa, [check_disk(sa, da) for da in sa.disks])
 
 
 def check_set(path, *, use_cache: bool = True, progress=None) -> CheckResult:
