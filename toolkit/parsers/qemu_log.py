@@ -16,9 +16,15 @@ The reader is vectorised with pyarrow compute over whole chunks (no per-line Pyt
 
 from __future__ import annotations
 
+import mmap
 import os
+import pickle
 import re
-from collections.abc import Iterable
+import signal
+import struct
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -59,6 +65,8 @@ STATE_RULES: dict[str, str] = {
 }
 
 CHUNK = 32 << 20
+#: uncompressed files at least this big are read by two processes
+PARALLEL_MIN = 64 << 20
 #: a file whose first this many bytes are less than 1 % trace event lines is not a QEMU log (TraceError)
 NO_EVENT_LIMIT = 1 << 20
 READ_SIZE = 64 << 10
@@ -66,57 +74,96 @@ _NAME = re.compile(r"[a-z][a-z0-9]*_[A-Za-z0-9_]*")
 
 
 def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str | os.PathLike | None = None,
-          chunk_size: int = CHUNK, **_: object) -> ParseResult:
+          chunk_size: int = CHUNK, workers: int | None = None, parallel_min: int = PARALLEL_MIN,
+          **_: object) -> ParseResult:
     """Parse QEMU log-backend files into QEMU_EVENTS (file order) and REJECTS.
 
     ``time_ns`` is host CLOCK_REALTIME ns (null for bare lines); ``pos`` the 1-based line number in its file.
     meta: ``clock`` ('realtime' or None), ``timestamps`` (any timestamped event), ``styles`` (event counts per
     prefix style), ``lines``, ``truncated`` (files whose compressed stream or last line was cut), ``notes``.
+
+    An uncompressed file of at least ``parallel_min`` bytes is read by two processes (the second half, cut at a
+    line start, in a forked child) unless ``workers=1``; the result is the same as with one.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
     ev_parts: list[pd.DataFrame] = []
     rej_parts: list[pd.DataFrame] = []
-    styles: dict[str, int] = {}
-    lines = 0
-    truncated: list[dict] = []
-    notes: list[str] = []
-    for path in paths:
+    acc = _new_acc()
+    nw = _workers(workers)
+    for path in _path_list(paths):
         name = fileio.display_name(path, base)
-        # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
-        st = fileio.Stream(path, min(chunk_size, READ_SIZE))
-        line0 = 0  # lines before the current block
-        seen = nev = nrej = 0  # bytes, events, rejects (garbage is refused early, not kept as millions of rejects)
-        for item in fileio.line_blocks(_blocks(st, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT))):
-            if item[0] == "lines":
-                _, block, line0 = item
-                ev, rej, n, sty = _parse_block(block, name, line0)
-                first = seen == 0
-                seen += len(block)
-                nev += len(ev)
-                nrej += len(rej)
-                if first and seen >= NO_EVENT_LIMIT // 2 and nev * 100 < nrej:
-                    raise fileio.TraceError(f"{name}: not a QEMU log: {nev} trace event lines among the "
-                                            f"{nev + nrej} lines of the first {seen >> 10} KB")
-                line0 += n
+        cut = _split_point(path, parallel_min) if nw > 1 else None
+        parts = (_file_parts(path, name, chunk_size, acc) if cut is None
+                 else _parse_split(path, name, chunk_size, acc, cut))
+        for ev, rej in parts:
+            if ev is not None:
                 ev_parts.append(ev)
-                rej_parts.append(rej)
-                for k, v in sty.items():
-                    styles[k] = styles.get(k, 0) + v
+            rej_parts.append(rej)
+    return _combine(ev_parts, rej_parts, acc)
+
+
+def parse_iter(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str | os.PathLike | None = None,
+               chunk_size: int = CHUNK, **_: object) -> Iterator[ParseResult]:
+    """The table :func:`parse` returns, as consecutive chunks (one per block of about ``chunk_size`` bytes).
+
+    Each chunk has the QEMU_EVENTS / REJECTS columns; its categorical columns hold the chunk's own categories
+    (:func:`concat` unifies them: ``concat(list(parse_iter(p)))`` equals ``parse(p)``). ``meta`` of a chunk
+    counts what was read so far; the last chunk's is complete (the same as ``parse``'s). One process, memory
+    bounded by a block.
+    """
+    acc = _new_acc()
+    held: tuple[pd.DataFrame | None, list[pd.DataFrame]] | None = None  # one chunk back: the last gets the meta
+    pending: list[pd.DataFrame] = []  # rejects (over-long, cut lines) not yet in a chunk
+    for path in _path_list(paths):
+        name = fileio.display_name(path, base)
+        for ev, rej in _file_parts(path, name, chunk_size, acc):
+            if ev is None:
+                if held is not None:
+                    held[1].append(rej)
+                else:
+                    pending.append(rej)
                 continue
-            # an over-long line (skipped, not held in memory), or the last line without its newline
-            _, a, b, c = item
-            text, ln, length = (c, a + 1, b) if item[0] == "long" else (a, b + 1, c)
-            reason = "line too long" if length > fileio.MAX_LINE else "truncated line"
-            rej_parts.append(_rejects(name, np.array([ln]), np.array([length]), [reason],
-                                      [text[:256].decode("utf-8", errors="replace")]))
-            line0 = ln
-            if item[0] == "tail":
-                truncated.append({"file": name, "line": ln, "reason": "last line has no newline"})
-        if st.truncated:
-            truncated.append({"file": name, "line": line0, "reason": "compressed stream ends early"})
-            notes.append(f"{name}: compressed stream ends early after line {line0}")
-        lines += line0
+            if held is not None:
+                yield _chunk(held, acc, final=False)
+            held, pending = (ev, [*pending, rej]), []
+    if held is None:
+        held = (None, pending)
+    else:
+        held[1].extend(pending)
+    yield _chunk(held, acc, final=True)
+
+
+def concat(chunks: Iterable[ParseResult]) -> ParseResult:
+    """One ParseResult from the chunks of :func:`parse_iter` (categories unified as ``parse`` does them)."""
+    chunks = list(chunks)
+    if not chunks:
+        return _combine([], [], _new_acc())
+    if len(chunks) == 1:
+        return chunks[0]
+    r = _combine([c.events for c in chunks], [c.rejects for c in chunks], _new_acc())
+    return ParseResult(events=r.events, rejects=r.rejects, meta=chunks[-1].meta)
+
+
+def _chunk(held: tuple[pd.DataFrame | None, list[pd.DataFrame]], acc: dict, *, final: bool) -> ParseResult:
+    ev, rejs = held
+    rej = rejs[0] if len(rejs) == 1 else pd.concat(rejs, ignore_index=True) if rejs else REJECTS.empty()
+    if ev is None:
+        ev = QEMU_EVENTS.empty()
+    if final:
+        return _combine([ev], [rej], acc) if held[0] is not None else _combine([], rejs, acc)
+    return ParseResult(events=ev, rejects=rej, meta=_meta(acc))
+
+
+def _path_list(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
+def _new_acc() -> dict:
+    """Running totals over the files: lines, styles, truncated, notes, events, events without a time, rejects."""
+    return {"lines": 0, "styles": {}, "truncated": [], "notes": [], "events": 0, "untimed": 0, "rejects": 0}
+
+
+def _combine(ev_parts: list[pd.DataFrame], rej_parts: list[pd.DataFrame], acc: dict) -> ParseResult:
+    """The final tables from the parts (file order) and the meta from the running totals."""
     if len(ev_parts) > 1:
         ev_parts = _common_categories(ev_parts, ("event", "file"))
     events = pd.concat(ev_parts, ignore_index=True) if ev_parts else QEMU_EVENTS.empty()
@@ -124,19 +171,212 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
         events["event"] = events["event"].astype("category")
         events["file"] = events["file"].astype("category")
     rejects = pd.concat(rej_parts, ignore_index=True) if rej_parts else REJECTS.empty()
-    timestamps = bool(events["time_ns"].notna().any()) if len(events) else False
-    if len(events) and not timestamps:
+    return ParseResult(events=events, rejects=rejects, meta=_meta(acc))
+
+
+def _meta(acc: dict) -> dict:
+    """meta from the running totals (complete once every file is read)."""
+    notes = list(acc["notes"])
+    nev, untimed = acc["events"], acc["untimed"]
+    timestamps = nev > untimed
+    if nev and not timestamps:
         notes.append("QEMU log has no timestamps (run without -msg timestamp=on): events are in file order, "
                      "time_ns and tid are null")
-    elif len(events) and events["time_ns"].isna().any():
-        notes.append(f"{int(events['time_ns'].isna().sum())} event lines without a timestamp among timestamped ones")
-    if len(rejects):
-        notes.append(f"{len(rejects)} lines are not trace events (see rejects)")
-    meta = {
+    elif nev and untimed:
+        notes.append(f"{untimed} event lines without a timestamp among timestamped ones")
+    if acc["rejects"]:
+        notes.append(f"{acc['rejects']} lines are not trace events (see rejects)")
+    return {
         "format": "qemu-log", "clock": "realtime" if timestamps else None, "timestamps": timestamps,
-        "styles": styles, "lines": lines, "truncated": truncated, "notes": notes,
+        "styles": dict(acc["styles"]), "lines": acc["lines"], "truncated": list(acc["truncated"]),
+        "notes": notes,
     }
-    return ParseResult(events=events, rejects=rejects, meta=meta)
+
+
+def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
+                span: tuple[int, int] | None = None) -> Iterator[tuple[pd.DataFrame | None, pd.DataFrame]]:
+    """(events or None, rejects) per block of one file, in file order; ``acc`` gets the lines, styles, cuts.
+
+    ``span=(start, stop)``: only those bytes of an uncompressed file (``start`` at a line start; its lines are
+    numbered from 1 and it is not checked for garbage unless it starts the file).
+    """
+    if span is None:
+        # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
+        st: fileio.Stream | None = fileio.Stream(path, min(chunk_size, READ_SIZE))
+        reads: Iterable[bytes] = st
+        check = True
+    else:
+        st = None
+        reads = _range_reads(path, span[0], span[1], min(chunk_size, READ_SIZE))
+        check = span[0] == 0
+    styles = acc["styles"]
+    line0 = 0  # lines before the current block
+    seen = nev = nrej = 0  # bytes, events, rejects (garbage is refused early, not kept as millions of rejects)
+    for item in fileio.line_blocks(_blocks(reads, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT))):
+        if item[0] == "lines":
+            _, block, line0 = item
+            ev, rej, n, sty = _parse_block(block, name, line0)
+            first = seen == 0
+            seen += len(block)
+            nev += len(ev)
+            nrej += len(rej)
+            if check and first and seen >= NO_EVENT_LIMIT // 2 and nev * 100 < nrej:
+                raise fileio.TraceError(f"{name}: not a QEMU log: {nev} trace event lines among the "
+                                        f"{nev + nrej} lines of the first {seen >> 10} KB")
+            line0 += n
+            for k, v in sty.items():
+                styles[k] = styles.get(k, 0) + v
+            acc["events"] += len(ev)
+            acc["untimed"] += int(ev["time_ns"].isna().sum())
+            acc["rejects"] += len(rej)
+            yield ev, rej
+            continue
+        # an over-long line (skipped, not held in memory), or the last line without its newline
+        _, a, b, c = item
+        text, ln, length = (c, a + 1, b) if item[0] == "long" else (a, b + 1, c)
+        reason = "line too long" if length > fileio.MAX_LINE else "truncated line"
+        line0 = ln
+        if item[0] == "tail":
+            acc["truncated"].append({"file": name, "line": ln, "reason": "last line has no newline"})
+        acc["rejects"] += 1
+        yield None, _rejects(name, np.array([ln]), np.array([length]), [reason],
+                             [text[:256].decode("utf-8", errors="replace")])
+    if st is not None and st.truncated:
+        acc["truncated"].append({"file": name, "line": line0, "reason": "compressed stream ends early"})
+        acc["notes"].append(f"{name}: compressed stream ends early after line {line0}")
+    acc["lines"] += line0
+
+
+def _range_reads(path: str | os.PathLike, start: int, stop: int, size: int) -> Iterator[bytes]:
+    """Reads of at most ``size`` bytes of the byte range [start, stop) of an uncompressed file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = stop - start
+            while left > 0 and (b := f.read(min(size, left))):
+                left -= len(b)
+                yield b
+    except OSError as e:
+        raise fileio.TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------- two processes
+def _workers(workers: int | None) -> int:
+    """How many processes may read one file: 2 where fork exists, 2 cores are there and this is the main
+    thread (forking beside other threads is not safe), unless ``workers`` says otherwise."""
+    if workers is not None and workers <= 1:
+        return 1
+    if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
+        return 1
+    return 2 if (workers or 0) >= 2 or (os.cpu_count() or 1) >= 2 else 1
+
+
+def _split_point(path: str | os.PathLike, parallel_min: int) -> int | None:
+    """A line start near the middle of an uncompressed file of at least ``parallel_min`` bytes, or None."""
+    try:
+        if fileio.compression(path) is not None:
+            return None
+        size = os.path.getsize(path)
+        if size < max(parallel_min, 2 * NO_EVENT_LIMIT):
+            return None
+        with open(path, "rb") as f:
+            f.seek(size // 2 - 1)
+            look = f.read(fileio.MAX_LINE + 1)
+    except (OSError, fileio.TraceError):
+        return None
+    i = look.find(b"\n")
+    if i < 0:
+        return None
+    cut = size // 2 + i
+    return cut if cut < size else None
+
+
+def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
+                 cut: int) -> list[tuple[pd.DataFrame | None, pd.DataFrame]]:
+    """The parts of the two halves of a file: [0, cut) here, [cut, end) in a forked child (its tables come back
+    through a temporary file, pickled with out-of-band buffers and mapped, not copied). Lines of the second
+    half are renumbered after the first; if the child fails, the second half is read here."""
+    size = os.path.getsize(path)
+    fd, tmp = tempfile.mkstemp(prefix="writeorder-qemu-log-", dir=_shm_dir())
+    pid = os.fork()
+    if pid == 0:  # the child: the second half
+        code = 1
+        try:
+            cacc = _new_acc()
+            parts = list(_file_parts(path, name, chunk_size, cacc, span=(cut, size)))
+            with os.fdopen(fd, "wb") as f:
+                _dump(f, (parts, cacc))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(fd)
+    try:
+        first = list(_file_parts(path, name, chunk_size, acc, span=(0, cut)))
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.unlink(tmp)
+        raise
+    _, status = os.waitpid(pid, 0)
+    try:
+        second, cacc = _load(tmp) if status == 0 else (None, None)
+    finally:
+        os.unlink(tmp)
+    if second is None:  # the child failed: the same work here
+        cacc = _new_acc()
+        second = list(_file_parts(path, name, chunk_size, cacc, span=(cut, size)))
+    off = acc["lines"]
+    for k, v in cacc["styles"].items():
+        acc["styles"][k] = acc["styles"].get(k, 0) + v
+    acc["truncated"] += [{**t, "line": t["line"] + off} for t in cacc["truncated"]]
+    acc["notes"] += cacc["notes"]
+    for k in ("lines", "events", "untimed", "rejects"):
+        acc[k] += cacc[k]
+    return first + [(None if ev is None else _shift_pos(ev, off), _shift_pos(rej, off)) for ev, rej in second]
+
+
+def _shift_pos(df: pd.DataFrame, off: int) -> pd.DataFrame:
+    df = df.copy(deep=False)
+    df["pos"] = df["pos"].to_numpy() + np.int64(off)
+    return df
+
+
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+_ALIGN = 64
+
+
+def _dump(f, obj: object) -> None:
+    """Pickle ``obj`` to the open file with its large buffers out of band, each 64-byte aligned."""
+    bufs: list[pickle.PickleBuffer] = []
+    main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    head = pickle.dumps((len(main), [r.nbytes for r in raws]))
+    f.write(struct.pack("<Q", len(head)) + head + main)
+    pos = 8 + len(head) + len(main)
+    for r in raws:
+        pad = -pos % _ALIGN
+        f.write(b"\0" * pad)
+        f.write(r)
+        pos += pad + r.nbytes
+
+
+def _load(path: str) -> object:
+    """What :func:`_dump` wrote, its buffers mapped from the file (private copy-on-write pages)."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    view = memoryview(mm)
+    (hl,) = struct.unpack_from("<Q", view, 0)
+    nmain, sizes = pickle.loads(view[8:8 + hl])
+    pos = 8 + hl + nmain
+    bufs = []
+    for n in sizes:
+        pos += -pos % _ALIGN
+        bufs.append(view[pos:pos + n])
+        pos += n
+    return pickle.loads(view[8 + hl:8 + hl + nmain], buffers=bufs)
 
 
 def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list[pd.DataFrame]:
@@ -162,8 +402,8 @@ def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list
     return parts
 
 
-def _blocks(st: fileio.Stream, size: int, first: int | None = None):
-    """Join the stream's small reads into blocks of about ``size`` bytes (the first one ``first`` bytes)."""
+def _blocks(st: Iterable[bytes], size: int, first: int | None = None) -> Iterator[bytes]:
+    """Join the small reads into blocks of about ``size`` bytes (the first one ``first`` bytes)."""
     buf: list[bytes] = []
     n = 0
     want = first or size
