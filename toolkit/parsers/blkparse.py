@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -410,6 +413,19 @@ def _digits(flat: np.ndarray, s: np.ndarray, e: np.ndarray, maxw: int) -> tuple[
     return val, ok
 
 
+def _ctz(x: np.ndarray) -> np.ndarray:
+    """Index of the lowest set bit of each u64 (64 for 0), int64."""
+    low = x & (~x + np.uint64(1))
+    return np.bitwise_count(low - np.uint64(1)).astype(np.int64)
+
+
+def _msb(x: np.ndarray) -> np.ndarray:
+    """Index of the highest set bit of each u64 (-1 for 0), int64 (each 32-bit half converts exactly to float)."""
+    hi = (x >> np.uint64(32)).astype(np.float64)
+    lo = (x & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    return np.where(hi > 0, np.frexp(hi)[1] + 31, np.frexp(lo)[1] - 1).astype(np.int64)
+
+
 def _colbits(b: np.ndarray) -> np.ndarray:
     """A (m, <=64) bool matrix -> one u64 per row, column c at bit 63 - c."""
     pk = np.packbits(b, axis=1)
@@ -431,8 +447,8 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     done = np.zeros(len(ls), dtype=bool)
     fits = (L >= _HDR + 3) & (L <= _W)
     body = a[:len(a) - _W]
-    odd = np.flatnonzero(((body < 32) & (body != 10)) | (body >= 128))  # tabs, CRs, non-ASCII: token path
-    if len(odd):
+    if len(body) and (body.max() >= 128 or np.count_nonzero(body < 32) != len(le)):
+        odd = np.flatnonzero(((body < 32) & (body != 10)) | (body >= 128))  # tabs, CRs, non-ASCII: token path
         fits[np.searchsorted(le, odd)] = False
     idx = np.flatnonzero(fits)
     del fits
@@ -478,21 +494,24 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     isp = act == _ACT_INDEX["P"]
     iscr = (act == _ACT_INDEX["C"]) | (act == _ACT_INDEX["R"])
     isu = (act == _ACT_INDEX["U"]) | (act == _ACT_INDEX["UT"])
-    spc = np.flatnonzero(body == 32)
-    top = len(spc) - 1
-    j1 = np.searchsorted(spc, lsr + _HDR)
-    s1, s2, s3 = (np.where(j1 + i <= top, spc[np.minimum(j1 + i, top)], len(a)) for i in range(3))
+    # the spaces of each row's tail (columns 49..111, the line's own bytes only) as bits, tail column j at bit j
+    bits = np.packbits(M[:, _HDR:] == 32, axis=1, bitorder="little").view("<u8").ravel()
+    bits &= (np.uint64(1) << q.astype(np.uint64)) - np.uint64(1)
+    b2 = bits & (bits - np.uint64(1))  # without the first
+    b3 = b2 & (b2 - np.uint64(1))
+    p1 = np.minimum(_ctz(bits), q)  # first space in the tail (q: none)
+    p2 = np.minimum(_ctz(b3), q)  # third space
+    pl = _msb(bits)  # last space of the line (-1: none in the tail)
+    plus_gap = _ctz(b2) - p1 == 2  # the second space two bytes after the first
+    del b2, b3, bits
     flat = M.reshape(-1)
     base = np.arange(_HDR, m * _W, _W, dtype=np.int64)  # flat position of each row's tail
-    p1 = np.minimum(s1 - lsr - _HDR, q)  # first space in the tail (q: none)
-    p2 = np.minimum(s3 - lsr - _HDR, q)  # third space
-    pl = spc[np.searchsorted(spc, ler) - 1] - lsr - _HDR  # last space of the line
     t_at = lambda k: flat[base + np.clip(k, 0, _W - _HDR - 1)]  # noqa: E731
     digit0 = (t0 >= 48) & (t0 <= 57)
     br0 = t0 == 91
     has1 = p1 < q
     # "S + N [x]"
-    ext = digit0 & has1 & (t_at(p1 + 1) == 43) & (s2 - s1 == 2) & (p2 < q) & (p2 > p1 + 3)
+    ext = digit0 & has1 & (t_at(p1 + 1) == 43) & plus_gap & (p2 < q) & (p2 > p1 + 3)
     ext &= (t_at(p2 + 1) == 91) & (last == 93)
     # "S [err]"
     sec_err = digit0 & has1 & (t_at(p1 + 1) == 91) & (last == 93) & ~ext
@@ -759,16 +778,226 @@ def _looks_binary(head: bytes) -> bool:
     return b"\0" in head[:4096]
 
 
-def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True) -> ParseResult:
+def _workers(workers: int | None) -> int:
+    """Threads that parse chunks: ``workers``, or by default 2 when the machine has 2 or more CPUs."""
+    if workers is None:
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    return max(1, int(workers))
+
+
+#: every RWBS string blkparse can print (F?[DWRN]F?A?S?M?), sorted: the codes of the table's rwbs column while reading
+_ALL_RWBS = sorted(f1 + o + f2 + a + s + m for f1 in ("", "F") for o in "DWRN" for f2 in ("", "F") for a in ("", "A")
+                   for s in ("", "S") for m in ("", "M"))
+_RWBS_CODE = {x: i for i, x in enumerate(_ALL_RWBS)}
+#: the columns rows are written to while reading, and their dtypes (``*_ok``: the value is present; remap_device
+#: is the device key + 1, 0 for none; comm_len: the name's length in bytes)
+_OUT = {"pos": np.int64, "time_ns": np.int64, "dev": np.int64, "cpu": np.int32, "seq": np.int64, "pid": np.int64,
+        "act": np.int8, "rwbs": np.int8, "sector": np.int64, "nsect": np.int64, "bytes": np.int64,
+        "error": np.int64, "remap_device": np.int64, "remap_sector": np.int64, "remap_sector_ok": bool,
+        "split_sector": np.int64, "split_sector_ok": bool, "unplug_depth": np.int64, "unplug_depth_ok": bool,
+        "comm_len": np.int64, "comm_ok": bool, "file": np.int32}
+
+
+class _Out:
+    """The table's columns, written in place by the threads that parse chunks.
+
+    A chunk of lines ``[n, n + lines)`` of a file writes its rows from row ``base + n`` on (it has at most one row per
+    line, so chunks never overlap); :meth:`finish` closes the gaps the non-event lines leave. The arrays are zeroed
+    on allocation (pages the kernel hands out only when written), so absent values (fill columns) cost nothing.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = 0
+        self.top = 0  # rows reserved so far (the next file starts here)
+        self.a: dict[str, np.ndarray] = {}
+        self.grow(cap)
+
+    def grow(self, cap: int) -> None:
+        """At least ``cap`` rows; only while no chunk is being written."""
+        if cap <= self.cap:
+            return
+        cap = max(cap, 2 * self.cap)
+        for key, dt in _OUT.items():
+            new = np.zeros(cap, dtype=dt)
+            if key in self.a:
+                new[:self.top] = self.a[key][:self.top]
+            self.a[key] = new
+        self.cap = cap
+
+    def put(self, slot: int, cols: dict, fi: int) -> tuple[int, int, bytes, pa.Array | None]:
+        """Write one chunk's merged columns at row ``slot``: (slot, rows, name bytes, message array or None)."""
+        if not cols:
+            return slot, 0, b"", None
+        n = len(cols["line"])
+        sl = slice(slot, slot + n)
+        a = self.a
+        a["pos"][sl] = cols["line"]
+        for key in ("time_ns", "dev", "cpu", "seq", "pid", "act", "sector", "nsect", "bytes", "error"):
+            a[key][sl] = cols[key]
+        codes, labels = cols["rwbs"]
+        a["rwbs"][sl] = np.array([_RWBS_CODE.get(x, 0) for x in labels], dtype=np.int8)[codes]  # kept rows: valid
+        rm = cols["remap_device"]
+        if not isinstance(rm, _Fill):
+            a["remap_device"][sl] = rm + 1
+        for key in ("remap_sector", "split_sector", "unplug_depth"):
+            v = cols[key]
+            if not isinstance(v, _Fill) and v[1].any():
+                a[key][sl] = np.where(v[1], v[0], 0)
+                a[key + "_ok"][sl] = v[1]
+        if fi:
+            a["file"][sl] = fi
+        data = _put_strings(cols["comm"], a["comm_len"][sl], a["comm_ok"][sl])
+        msg = cols["message"]
+        if isinstance(msg, _Fill) or msg.null_count == len(msg):
+            msg = None
+        elif isinstance(msg, pa.ChunkedArray):
+            msg = msg.combine_chunks()
+        return slot, n, data, msg
+
+    def finish(self, recs: list[tuple[int, int, bytes, pa.Array | None]]) -> dict:
+        """Close the gaps between the chunks (in order) -> the columns for :func:`_frame` (views of the arrays)."""
+        cum = 0
+        for slot, n, _, _ in recs:
+            if n and slot != cum:
+                for v in self.a.values():
+                    v[cum:cum + n] = v[slot:slot + n]
+            cum += n
+        a = {k: v[:cum] for k, v in self.a.items()}
+        self.a = {}
+        lens, ok = a.pop("comm_len"), a.pop("comm_ok")
+        if ok.any():
+            off = np.empty(cum + 1, dtype=np.int64)
+            off[0] = 0
+            np.cumsum(lens, out=off[1:])
+            del lens
+            data = b"".join(r[2] for r in recs)
+            bits = np.packbits(ok, bitorder="little")
+            a["comm"] = pd.array(pa.LargeStringArray.from_buffers(
+                cum, pa.py_buffer(off), pa.py_buffer(data), pa.py_buffer(bits), null_count=cum - int(ok.sum())),
+                dtype="string")
+        else:
+            a["comm"] = _null_strings(cum)
+        del ok
+        if any(r[3] is not None for r in recs):
+            msgs = [(r[3] if r[3] is not None else pa.nulls(r[1], pa.string())).cast(pa.large_string())
+                    for r in recs if r[1]]
+            a["message"] = pd.array(pa.concat_arrays(msgs), dtype="string")
+        else:
+            a["message"] = _null_strings(cum)
+        return a
+
+
+def _put_strings(arr: pa.Array | pa.ChunkedArray, lens: np.ndarray, ok: np.ndarray) -> bytes:
+    """String array -> its values' lengths into ``lens``, validity into ``ok``; returns the bytes of its values."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    n = len(arr)
+    if n == 0 or arr.null_count == n:
+        return b""
+    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
+    wide = pa.types.is_large_string(arr.type)
+    off = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)[arr.offset:arr.offset + n + 1]
+    ln = np.diff(off)
+    if (ln[~valid] != 0).any():  # null slots that still span bytes: keep only the values
+        vals = arr.filter(pa.array(valid))
+        off = np.frombuffer(vals.buffers()[1], dtype=np.int64 if wide else np.int32)[vals.offset:vals.offset
+                                                                                     + len(vals) + 1]
+        ln = np.zeros(n, dtype=np.int64)
+        ln[valid] = np.diff(off)
+        arr = vals
+    lens[:] = ln
+    ok[:] = valid
+    return arr.buffers()[2].to_pybytes()[int(off[0]):int(off[-1])]
+
+
+def _workers(workers: int | None) -> int:
+    """Threads that parse chunks: ``workers``, or by default 2 when the machine has 2 or more CPUs."""
+    if workers is None:
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    return max(1, int(workers))
+
+
+def _chunk_job(out: _Out, slot: int, fi: int, body: bytes, line0: int, fast: bool) -> tuple:
+    summary: dict = {}
+    cols, rej = _parse_chunk(body, line0, fast, summary)
+    return out.put(slot, cols, fi), rej, summary
+
+
+def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> Iterator[tuple]:
+    """The items of :func:`fileio.line_blocks` in order, each ``"lines"`` block parsed into ``out``: ("lines",
+    (slot, rows, names, messages), rejects, summary, lines before the block, lines in it). With ``workers`` > 1 and
+    more than one block, blocks are parsed by that many threads (numpy and pyarrow release the GIL), at most
+    ``workers + 1`` blocks in flight; a single block is parsed in the calling thread."""
+    pending: deque = deque()
+    pool = None
+    base = out.top
+    try:
+        for item in items:
+            if item[0] != "lines":
+                pending.append(item)
+                continue
+            _, body, n = item
+            nl = body.count(b"\n")
+            if base + n + nl > out.cap:  # room for the rows: wait for the chunks in flight, then grow
+                for p in pending:
+                    if p[0] == "fut":
+                        p[1].exception()
+                out.grow(base + n + nl + 8 * nl)
+            out.top = base + n + nl
+            job = (out, base + n, fi, body, n + 1, fast)
+            if workers > 1 and pool is None and any(p[0] == "job" for p in pending):
+                pool = ThreadPoolExecutor(workers)
+                pending = deque(("fut", pool.submit(_chunk_job, *p[1]), *p[2:]) if p[0] == "job" else p
+                                for p in pending)
+            pending.append(("fut", pool.submit(_chunk_job, *job), n, nl) if pool else ("job", job, n, nl))
+            del body, job
+            while pending and (workers == 1 or pending[0][0] not in ("job", "fut")
+                               or pool is not None and (len(pending) > workers or pending[0][1].done())):
+                yield _done(pending.popleft())
+        while pending:
+            yield _done(pending.popleft())
+    finally:
+        for p in pending:
+            if p[0] == "fut":
+                p[1].cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _done(p: tuple) -> tuple:
+    if p[0] == "job":
+        return ("lines", *_chunk_job(*p[1]), *p[2:])
+    if p[0] == "fut":
+        return ("lines", *p[1].result(), *p[2:])
+    return p
+
+
+def _lines_estimate(path: str) -> int:
+    """Rows to reserve for a file: its size / 32 bytes for plain text (blkparse's event lines are longer; more
+    rows are added when needed), 1 M for a compressed file."""
+    try:
+        if fileio.compression(path) is None:
+            return os.path.getsize(path) // 32 + 1024
+    except OSError:
+        pass
+    return 1 << 20
+
+
+def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
+          workers: int | None = None) -> ParseResult:
     """Read blkparse default-format text files into a BLOCK_EVENTS table (in file order, then line order).
 
     ``fast=False`` sends every line through the pyparsing grammar (the reference; slow). ``chunk_bytes`` is the
-    size of the decompressed pieces read at a time (bytes).
+    size of the decompressed pieces read at a time (bytes). ``workers`` threads parse the pieces of a file of more
+    than one piece (default: 2 on a machine with 2 or more CPUs; 1 parses everything in the calling thread); the
+    result does not depend on it.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [str(p) for p in paths]
-    all_parts = []
+    nworkers = _workers(workers)
+    out = _Out(0)
+    recs = []
     rejects = []
     summary: dict = {}
     truncated = []
@@ -778,10 +1007,11 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True)
             raise fileio.TraceError(f"{path}: not blkparse text (binary content; a blktrace file? use format "
                                     f"'blktrace')")
         stream = fileio.Stream(path, size=chunk_bytes)
+        out.grow(out.top + _lines_estimate(path))
         line0 = 1
         rej_rows = []
         other = []  # (line, length, reason, text): over-long lines, the last line when it has no newline
-        for item in fileio.line_blocks(stream):
+        for item in _chunks(fileio.line_blocks(stream), fast, nworkers, out, fi):
             if item[0] == "long":
                 other.append((item[1] + 1, item[2], "line too long", item[3].decode("utf-8", "replace")))
             elif item[0] == "tail":  # blkparse ends every line: the file was cut inside this one
@@ -790,20 +1020,20 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True)
                 other.append((n + 1, length, reason, text[:256].decode("utf-8", "replace")))
                 truncated.append({"file": path, "line": n + 1, "reason": "last line has no newline"})
             else:
-                _, body, n = item
-                line0 = n + 1
-                cols, rej = _parse_chunk(body, line0, fast, summary)
-                if cols:
-                    cols["file"] = np.full(len(cols["line"]), fi, dtype=np.int32)
-                    all_parts.append(cols)
+                _, rec, rej, part_summary, n, nl = item
+                recs.append(rec)
                 rej_rows += rej
-                line0 += body.count(b"\n")
+                if "events" in part_summary:
+                    summary.setdefault("events", {}).update(part_summary["events"])
+                if "blocks" in part_summary:
+                    summary.setdefault("blocks", []).extend(part_summary["blocks"])
+                line0 = n + 1 + nl
         if stream.truncated:
             truncated.append({"file": path, "line": line0, "reason": "compressed stream ends early"})
         if rej_rows or other:
             rows = [(ln, len(t), "unknown line", t) for ln, t in rej_rows] + other
             rejects.append(reject_rows(path, sorted(rows)))
-    events = _frame(_merge_parts(all_parts), paths)
+    events = _frame(out.finish(recs), paths)
     rj = pd.concat(rejects, ignore_index=True) if rejects else REJECTS.empty()
     meta = {"clock": "relative", "summary": summary, "truncated": truncated,
             "notes": ["blkparse text: times are relative to blkparse's genesis (first event); no wall clock"]}
@@ -821,40 +1051,27 @@ def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
     return pd.array(arr, dtype="string")
 
 
-def _string_series(arr: pa.ChunkedArray | pa.Array | _Fill) -> pd.arrays.ArrowStringArray:
-    if isinstance(arr, _Fill) or arr.null_count == len(arr):
-        return _null_strings(len(arr))
-    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    return pd.array(arr, dtype="string")
-
-
 def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
-    """The BLOCK_EVENTS frame from merged columns."""
-    if not c:
+    """The BLOCK_EVENTS frame from the columns of :meth:`_Out.finish` (numeric columns are used as they are)."""
+    n = len(c["pos"])
+    if n == 0:
         df = BLOCK_EVENTS.empty()
         df["file"] = pd.Categorical([], categories=paths)
         return df
-    n = len(c["line"])
     dev = c.pop("dev")
     if (dev == dev[0]).all():
         du, dcodes = dev[:1], np.zeros(n, dtype=np.int32)
     else:
         du, dcodes = np.unique(dev, return_inverse=True)
     del dev
-    rcodes, rlabels = c.pop("rwbs")
-    used, rcodes = small_unique(rcodes)  # only the labels in use, in sorted order
-    rlabels = [rlabels[i] for i in used]
-    srt = np.argsort(np.array(rlabels, dtype=object))
-    rcodes = np.argsort(srt)[rcodes]
-    rlabels = [rlabels[i] for i in srt]
+    used, rcodes = small_unique(c.pop("rwbs"))  # only the labels in use, in sorted order
+    rlabels = [_ALL_RWBS[i] for i in used]
     act = c.pop("act")
     au, acodes = small_unique(act)
     del act
     alabels = [ACTIONS[i] for i in au]
     # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
-    rcat = category_from_rwbs(np.array(rlabels, dtype=object)) if rlabels else np.zeros(0, dtype=np.int64)
+    rcat = category_from_rwbs(np.array(rlabels, dtype=object))
     acat = np.array([ACTION_CATEGORY[x] for x in alabels], dtype=np.int64)
     cat = (rcat[rcodes] | acat[acodes]).astype(np.int32)
     nbytes = c["bytes"]
@@ -863,10 +1080,10 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     del key
     op_u = op_from_category(uk & 0xFFFF, (uk >> 16) & 1, np.array(alabels, dtype=object)[uk >> 17]).astype(str)
     ol, oc = np.unique(op_u, return_inverse=True)
-    rm = c.pop("remap_device")
-    has_rm = rm >= 0 if not isinstance(rm, _Fill) else None
-    if has_rm is not None and has_rm.any():
-        rmu, rmc = np.unique(rm[has_rm], return_inverse=True)
+    rm = c.pop("remap_device")  # device key + 1; 0: none
+    has_rm = rm != 0
+    if has_rm.any():
+        rmu, rmc = np.unique(rm[has_rm] - 1, return_inverse=True)
         rm_codes = np.full(n, -1, dtype=np.int64)
         rm_codes[has_rm] = rmc
         rm_arr = pd.array(pa.DictionaryArray.from_arrays(pa.array(rm_codes, mask=~has_rm),
@@ -876,21 +1093,22 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         rm_arr = _null_strings(n)
     del rm, has_rm
 
-    def nint(v: tuple | _Fill) -> pd.arrays.IntegerArray:
-        if isinstance(v, _Fill) or not v[1].any():
+    def nint(key: str) -> pd.arrays.IntegerArray:
+        v, ok = c.pop(key), c.pop(key + "_ok")
+        if not ok.any():
             return pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
-        return pd.arrays.IntegerArray(np.where(v[1], v[0], 0).astype(np.int64), ~v[1])
+        return pd.arrays.IntegerArray(v, ~ok)
 
     cols = {
         "time_ns": c.pop("time_ns"),
         "device": pd.Categorical.from_codes(dcodes.astype(np.int32), categories=_devstr(du), validate=False),
-        "cpu": c.pop("cpu").astype(np.int32, copy=False),
+        "cpu": c.pop("cpu"),
         "seq": c.pop("seq"), "pid": c.pop("pid"),
         "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
         "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
         "sector": c.pop("sector"), "nsect": c.pop("nsect"), "bytes": nbytes,
         "error": errno_signed(c.pop("error")),
-        "comm": _string_series(c.pop("comm")),
+        "comm": c.pop("comm"),
         "category": cat,
         "op": pd.Categorical.from_codes(oc[kcodes].astype(np.int32), categories=list(ol), validate=False),
         "preflush": (cat & TC["flush"]) != 0,
@@ -898,11 +1116,11 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         "sync": (cat & TC["sync"]) != 0,
         "meta": (cat & TC["meta"]) != 0,
         "remap_device": rm_arr,
-        "remap_sector": nint(c.pop("remap_sector")),
-        "split_sector": nint(c.pop("split_sector")),
-        "unplug_depth": nint(c.pop("unplug_depth")),
-        "message": _string_series(c.pop("message")),
+        "remap_sector": nint("remap_sector"),
+        "split_sector": nint("split_sector"),
+        "unplug_depth": nint("unplug_depth"),
+        "message": c.pop("message"),
         "file": pd.Categorical.from_codes(c.pop("file"), categories=paths, validate=False),
-        "pos": c.pop("line"),
+        "pos": c.pop("pos"),
     }
     return pd.DataFrame(cols, copy=False)
