@@ -7,6 +7,7 @@ Each reader runs in a fresh subprocess; peak memory is that process's ru_maxrss.
 
     python benchmarks/bench_blktrace.py                      # 10 M records, 5 M lines
     python benchmarks/bench_blktrace.py --records 1e6 --lines 5e5 --source guest
+    python benchmarks/bench_blktrace.py --only text       # the text reader, and blkparse on the text's records
 
 Targets: binary ingest >= 10x blkparse's rate, text >= 1.5 M lines/s, peak memory <= 2x the table size.
 """
@@ -115,8 +116,9 @@ def run_blkparse(args: list[str], repeat: int = 1) -> dict:
     return _median(runs)
 
 
-def make_text(source: str, n_lines: int, tmp: Path) -> tuple[Path, str]:
-    """A blkparse text file of about ``n_lines`` event lines; returns (path, how it was made)."""
+def make_text(source: str, n_lines: int, tmp: Path, keep: bool = False) -> tuple[Path, str]:
+    """A blkparse text file of about ``n_lines`` event lines; returns (path, how it was made). ``keep``: leave the
+    scaled binary it was printed from (``txt.blktrace.<cpu>``) in ``tmp``."""
     n = scale(source, n_lines, tmp, "txt")
     out = tmp / "txt.blkparse.txt"
     if shutil.which("blkparse"):
@@ -134,7 +136,7 @@ def make_text(source: str, n_lines: int, tmp: Path) -> tuple[Path, str]:
                                                             df["comm"], strict=True)]
         out.write_text("\n".join(lines) + "\n")
         how = f"formatted ({n} records)"
-    for p in tmp.glob("txt.blktrace.*"):
+    for p in tmp.glob("txt.blktrace.*") if not keep else ():
         p.unlink()
     return out, how
 
@@ -146,9 +148,15 @@ def main() -> None:
     ap.add_argument("--source", choices=sorted(SOURCES), default="host")
     ap.add_argument("--tmp", default=None, help="directory for the scaled files (default: a temp dir)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each reader; the median is reported (default 3)")
+    ap.add_argument("--only", choices=["text", "binary"], default=None,
+                    help="text: only the text reader, with blkparse -o /dev/null on the records the text was printed "
+                         "from; binary: only the binary reader")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=a.tmp) as d:
         tmp = Path(d)
+        if a.only == "text":
+            main_text(a, tmp)
+            return
         t = time.perf_counter()
         n = scale(a.source, int(a.records), tmp, "big")
         paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
@@ -190,6 +198,27 @@ def main() -> None:
               f"second (target >= 1.5)")
         print(f"binary peak RSS / table: {b['maxrss'] / b['table_bytes']:.2f} (target <= 2)")
         print(f"text peak RSS / table: {x['maxrss'] / x['table_bytes']:.2f} (target <= 2)")
+
+def main_text(a: argparse.Namespace, tmp: Path) -> None:
+    """``--only text``: the text reader and blkparse on the same records."""
+    txt, how = make_text(a.source, int(a.lines), tmp, keep=True)
+    nlines = txt.read_bytes().count(b"\n")
+    print(f"text: {nlines:,} lines, {txt.stat().st_size / 1e6:.0f} MB ({how})")
+    load0 = os.getloadavg()[0]
+    x = run_reader("blkparse", [str(txt)], a.repeat)
+    print(f"median of {a.repeat} runs in fresh processes; load average before {load0:.1f}, after "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; runs (wall s) {x['all_seconds']}")
+    print(f"text: {nlines / x['seconds'] / 1e6:.2f} M lines/s wall ({x['seconds']:.2f} s), "
+          f"{nlines / x['cpu_s'] / 1e6:.2f} M per CPU second ({x['cpu_s']:.2f} s) (target >= 1.5 wall)")
+    print(f"text peak RSS {x['maxrss'] / 1e6:.0f} MB / table {x['table_bytes'] / 1e6:.0f} MB = "
+          f"{x['maxrss'] / x['table_bytes']:.2f} (target <= 2)")
+    if shutil.which("blkparse"):
+        n = x["events"]
+        bp = run_blkparse(["blkparse", "-i", "txt", "-D", str(tmp), "-o", "/dev/null"], a.repeat)
+        print(f"blkparse -o /dev/null on the same {n:,} records: {n / bp['seconds'] / 1e6:.2f} M records/s wall "
+              f"({bp['seconds']:.2f} s), {n / bp['cpu_s'] / 1e6:.2f} M per CPU second; writeorder text reader "
+              f"{(nlines / x['seconds']) / (n / bp['seconds']):.1f}x its wall rate")
+
 
 if __name__ == "__main__":
     main()
