@@ -328,7 +328,11 @@ class DiskAnalysis:
 
     @cached_property
     def guest_offset(self) -> clocks.Offset | None:
-        return lineage.guest_clock(self)
+        off = lineage.guest_clock(self)
+        fallback = self.ctx.get("guest_offset")  # a time slice without causal pairs: the slices' before it
+        if fallback is not None and (off is None or not clocks.is_causal(off)):
+            return fallback
+        return off
 
     # ---------------------------------------------------------------- durability
     def df_host_writes(self) -> pd.DataFrame:

@@ -118,12 +118,13 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from toolkit import verdict
+    from toolkit import slicing
 
     if len(args.set) == 1 and not _fleet(args):
         bar = _bar(None, "ingest")
         try:
-            result = verdict.check_set(args.set[0], use_cache=not args.no_cache, progress=bar)
+            result = slicing.check_set(args.set[0], use_cache=not args.no_cache, progress=bar,
+                                       slice_events=args.slice_events)
         finally:
             _close(bar)
         if args.json:
@@ -141,6 +142,7 @@ def cmd_check(args) -> int:
             with distributed.engine(args.workers, args.scheduler) as client:
                 cbar = _bar(len(paths), "check", "set")
                 got = distributed.check_sets(client, paths, use_cache=not args.no_cache,
+                                             slice_events=args.slice_events,
                                              tick=cbar.tick if cbar else None,
                                              ingest_tick=ibar.tick if ibar else None)
         finally:
@@ -151,7 +153,7 @@ def cmd_check(args) -> int:
         try:
             for p in paths:
                 try:
-                    r = verdict.check_set(p, use_cache=not args.no_cache)
+                    r = slicing.check_set(p, use_cache=not args.no_cache, slice_events=args.slice_events)
                     got.append({"path": p, "text": r.to_text(), "violations": r.violation_count,
                                 "json": json.dumps(r.to_json(), indent=1, sort_keys=True)})
                 except TraceError as e:
@@ -210,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "be read; --json prints a JSON array")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-cache", action="store_true")
+    s.add_argument("--slice-events", type=int, default=4_000_000, metavar="N",
+                   help="analyse a disk with more than N events one time slice of about N events at a time, "
+                        "reading each from the Parquet store (memory bounded by the slice; 0: never)")
     _engine_args(s)
     s.set_defaults(func=cmd_check)
     s = sub.add_parser("report", help="render the postmortem report (HTML)")
@@ -229,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine_args(s) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, metavar="N", help="run on a local dask cluster of N worker processes "
-                   "(one task per trace for ingest, one per set for check)")
+                   "(one task per trace for ingest; for check one per disk, or per set with several QEMU processes)")
     g.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing dask cluster (tcp://host:8786); the "
                    "workers must see the sets and their stores at the same (absolute) paths")
 

@@ -146,6 +146,11 @@ def guest_offset(ts: TraceSet, guest: str, host: str, causal: pd.DataFrame | Non
 MAX_FALL_RATE = 5e-3
 
 
+def is_causal(off: Offset) -> bool:
+    """Was ``off`` estimated from causal pairs (not from reference pairs alone)?"""
+    return " causal pairs " in f" {off.source}"
+
+
 def causal_envelope(t: np.ndarray, lo: np.ndarray, hi: np.ndarray, clock: str, ref: str,
                     max_fall: float = MAX_FALL_RATE, max_knots: int = 2000) -> Offset:
     """Offset bounds over time from per-pair bounds ``lo_i <= offset(t_i) <= hi_i`` (t sorted).

@@ -133,18 +133,75 @@ def load_sets(paths: list[str]) -> list[TraceSet | TraceError]:
 
 
 # ------------------------------------------------------------------------------------------------------ check
-def check_sets(client, paths: list[str], *, use_cache: bool = True,
+_STORE_ENV = ("WRITEORDER_CACHE", "XDG_CACHE_HOME")
+
+
+def _disk_task(path: str, disk: int, slice_events: int, env: dict[str, str | None]):
+    """One disk of a set, read from the store the caller ingested into (``env``: the caller's variables that
+    place the store, see store.cache_dir)."""
+    from toolkit import slicing
+
+    saved = {k: os.environ.get(k) for k in _STORE_ENV}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return slicing.check_disk_of(path, disk, slice_events)
+    except TraceError as e:
+        return {"path": path, "error": str(e)}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_sets(client, paths: list[str], *, use_cache: bool = True, slice_events: int | None = None,
                tick: Callable[[object], None] | None = None, ingest_tick: Callable[[object], None] | None = None
                ) -> list[dict]:
-    """Check every set, one task per set (after ingesting every trace, one task per trace).
+    """Check every set (after ingesting every trace, one task per trace): one task per disk, each sliced in
+    time when large (toolkit.slicing), the set's document assembled here; a set with several QEMU processes
+    (migration, several writers: its checks need the whole shared device) is one task.
 
     Returns per set ``{"path", "text", "json", "violations"}`` or ``{"path", "error"}``."""
+    from toolkit import slicing
+
     loaded = load_sets(paths)
     sets = [x for x in loaded if isinstance(x, TraceSet)]
     if use_cache and sets:
         ingest_sets(client, sets, use_cache=True, tick=ingest_tick)
-    futures = [client.submit(_check_task, p, use_cache, pure=False, key=f"check-{i}")
-               for i, (p, x) in enumerate(zip(paths, loaded, strict=True)) if isinstance(x, TraceSet)]
-    got = iter(_wait(client, futures, tick))
-    return [next(got) if isinstance(x, TraceSet) else {"path": p, "error": str(x)}
+    per_disk = slice_events != 0 and use_cache
+    futures, plan = [], []
+    for i, (p, x) in enumerate(zip(paths, loaded, strict=True)):
+        if not isinstance(x, TraceSet):
+            continue
+        if per_disk and slicing.sliceable(x) and x.disks:
+            env = {k: os.environ.get(k) for k in _STORE_ENV}
+            fs = [client.submit(_disk_task, os.path.abspath(p), d, slice_events or slicing.SLICE_EVENTS, env,
+                                pure=False, key=f"check-{i}-disk{d}") for d in range(len(x.disks))]
+            plan.append((p, len(futures), len(fs)))
+            futures += fs
+        else:
+            plan.append((p, len(futures), 0))
+            futures.append(client.submit(_check_task, p, use_cache, pure=False, key=f"check-{i}"))
+    got = _wait(client, futures, tick)
+    done: dict[str, dict] = {}
+    for p, at, n in plan:
+        if n == 0:
+            done[p] = got[at]
+            continue
+        mine = got[at:at + n]
+        err = next((g for g in mine if isinstance(g, dict)), None)
+        if err is not None:
+            done[p] = err
+            continue
+        r = slicing.assemble(p, [g[0] for g in mine], [g[1] for g in mine])
+        import json
+
+        done[p] = {"path": p, "text": r.to_text(), "json": json.dumps(r.to_json(), indent=1, sort_keys=True),
+                   "violations": r.violation_count}
+    return [done[p] if isinstance(x, TraceSet) else {"path": p, "error": str(x)}
             for p, x in zip(paths, loaded, strict=True)]

@@ -89,8 +89,13 @@ def link_guest_qemu(da) -> pd.DataFrame:
         order = np.argsort(gd)
         # robust to a few mislinked pairs: rolling medians of each pair's bounds (the strict envelope, which a
         # single bad pair can bend, is computed later from the final links in toolkit.clocks)
-        roll = pd.DataFrame({"lo": lo[ok][order], "hi": hi[ok][order]}).rolling(15, center=True, min_periods=1)
-        med = roll.median()
+        # The window does not reach across an idle stretch longer than MATCH_TOL_NS (the clocks may have moved
+        # meanwhile; and a time slice cut there, toolkit.slicing, sees what the whole trace sees).
+        gd_s = gd[order]
+        grp = np.concatenate([[0], np.cumsum(np.diff(gd_s) > MATCH_TOL_NS)])
+        df = pd.DataFrame({"lo": lo[ok][order], "hi": hi[ok][order], "grp": grp})
+        med = df.groupby("grp")[["lo", "hi"]].rolling(15, center=True, min_periods=1).median()
+        med = med.reset_index(level=0, drop=True).sort_index()
         kt = gd[order].astype(np.float64)
         mid = ((med["lo"] + med["hi"]) / 2).to_numpy()
         kl = med["lo"].to_numpy()
@@ -101,7 +106,8 @@ def link_guest_qemu(da) -> pd.DataFrame:
     # completion against completion, nearest, with the refined offset: first tight, then wider for the rest
     gc = g["g_c"].to_numpy()
     t2 = np.where(np.isnan(gc), g["g_d"].to_numpy(), gc)
-    left = g.assign(t=(t2 + np.interp(g["g_d"].to_numpy(), kt, mid)).astype(np.int64))
+    segs = _segments(g["g_d"].to_numpy(np.float64))
+    left = g.assign(t=(t2 + _interp_seg(g["g_d"].to_numpy(), segs, kt, mid)).astype(np.int64))
     right2 = right.assign(t=lambda x: x["h_ack"].astype(np.int64))
     m = _nearest(left, right2, FINE_TOL_NS)
     for tol in (FINE_TOL_NS, FINE_TOL_NS, WIDE_TOL_NS, WIDE_TOL_NS):
@@ -124,11 +130,11 @@ def link_guest_qemu(da) -> pd.DataFrame:
     # causal window: not after QEMU completed it), and mark the arrival uncertain by that offset's spread
     fl = has & (g["op"] == "flush")
     gd_f = g.loc[fl, "g_d"].to_numpy()
-    earliest = gd_f + np.interp(gd_f, kt, kl)  # the earliest arrival the causal bounds allow
+    earliest = gd_f + _interp_seg(gd_f, segs, kt, kl)  # the earliest arrival the causal bounds allow
     g.loc[fl, "h_handle"] = np.minimum(earliest, g.loc[fl, "h_ack"].to_numpy())
     # only the arrival is estimated; QEMU's completion (the deadline) is logged
     g["h_handle_unc"] = g["h_unc"]
-    g.loc[fl, "h_handle_unc"] = np.maximum(gd_f + np.interp(gd_f, kt, mid) - earliest, SLACK_NS)
+    g.loc[fl, "h_handle_unc"] = np.maximum(gd_f + _interp_seg(gd_f, segs, kt, mid) - earliest, SLACK_NS)
     g.loc[~has, "reason"] = "no QEMU request of the same op and extent near this time"
     return g
 
@@ -145,6 +151,41 @@ def _nearest(left: pd.DataFrame, right: pd.DataFrame, tol: int) -> pd.Series:
     m["dist"] = (m["tq"] - m["t"]).abs()
     m = m.sort_values("dist", kind="stable").drop_duplicates("qid").drop_duplicates("rid")
     return m.set_index("rid")["qid"]
+
+
+#: guest activity separated by more idle than this (ns) is aligned on its own pairs only
+SEGMENT_GAP_NS = 2 * MATCH_TOL_NS
+
+
+def _segments(t: np.ndarray) -> np.ndarray:
+    """Start times (ns) of the stretches of guest activity in ``t``: a new one after each idle longer than
+    SEGMENT_GAP_NS. A time slice (toolkit.slicing) is only cut in such an idle, so it sees whole stretches."""
+    t = np.sort(t[~np.isnan(t)])
+    if not len(t):
+        return np.zeros(0)
+    return np.concatenate([[-np.inf], t[1:][np.diff(t) > SEGMENT_GAP_NS]])
+
+
+def _interp_seg(x: np.ndarray, segs: np.ndarray, kt: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """np.interp(x, kt, v) that does not reach across stretches of activity: an ``x`` whose stretch has knots
+    is interpolated between (or clamped to) those; one whose stretch has none uses every knot."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.interp(x, kt, v)
+    if len(kt) < 2 or len(segs) < 2:
+        return out
+    sx = np.searchsorted(segs, x, side="right") - 1
+    sk = np.searchsorted(segs, kt, side="right") - 1
+    a = np.searchsorted(sk, sx, side="left")  # the stretch's first knot
+    b = np.searchsorted(sk, sx, side="right")  # one past its last
+    has = b > a
+    i = np.searchsorted(kt, x, side="right")
+    lo = np.clip(i - 1, a, np.maximum(b - 1, a))
+    hi = np.clip(i, a, np.maximum(b - 1, a))
+    lo, hi = np.minimum(lo, len(kt) - 1), np.minimum(hi, len(kt) - 1)
+    span = kt[hi] - kt[lo]
+    frac = np.where(span > 0, (x - kt[lo]) / np.where(span > 0, span, 1), 0.0)
+    seg_val = v[lo] + (v[hi] - v[lo]) * np.clip(frac, 0, 1)
+    return np.where(has, seg_val, out)
 
 
 def _key(df: pd.DataFrame) -> pd.Series:
@@ -211,9 +252,12 @@ def host_causal_pairs(da) -> pd.DataFrame | None:
 def guest_clock(da) -> clocks.Offset | None:
     """guest:monotonic -> reference, from causal pairs of linked requests, else reference pairs."""
     causal = None
-    if da.guest_traces and not (da.qemu_traces and da.qemu_has_times):
+    # QEMU requests with times give causal pairs; without them (no QEMU trace, a log without timestamps, or no
+    # virtio request traced) the host block trace does
+    timed = bool(da.qemu_traces) and da.qemu_has_times and not da.df_qemu_requests().empty
+    if da.guest_traces and not timed:
         causal = host_causal_pairs(da)
-    elif da.qemu_traces and da.qemu_has_times and da.guest_traces:
+    elif timed and da.guest_traces:
         lin = da.df_lineage()
         lin = lin[(lin["qid"] >= 0) & (lin["op"] != "flush")]  # flush arrival is not logged: not causal
         causal = pd.DataFrame({"g_d": lin["g_d"], "g_c": lin["g_c"], "h_handle": lin["h_handle"],

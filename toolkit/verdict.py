@@ -145,15 +145,19 @@ def _clock_doc(key: str, off) -> dict:
     return {**off.summary(), "clock": off.clock} if key.startswith("qemu ") else off.summary()
 
 
-def check_set_level(sa: SetAnalysis, res: CheckResult) -> list[Violation]:
-    """The checks over the whole set (migration and split-brain) and what the set as a whole lacks."""
+def check_set_level(sa: SetAnalysis, res: CheckResult, single_writer: bool = False) -> list[Violation]:
+    """The checks over the whole set (migration and split-brain) and what the set as a whole lacks.
+
+    ``single_writer``: the set has at most one QEMU process, so there is no handover (it needs a source and a
+    destination) and no second writer: the migration checks find nothing and are not run on the data (the
+    time-sliced path, which never holds a whole device)."""
     vs: list[Violation] = []
     if not sa.ts.disks:
         res.cannot_check.append({"disk": None, "check": "all disk checks",
                                  "reason": "no [[disk]] in traceset.toml: say which guest device maps to which "
                                            "host device and how"})
     if any(t.layer == "qemu" for t in sa.ts.traces) and any(t.layer == "host-block" for t in sa.ts.traces):
-        mv, mdoc = migration_checks.check(sa)
+        mv, mdoc = ([], None) if single_writer else migration_checks.check(sa)
         res.checks_run.append("migration and split-brain")
         vs += mv
         if mdoc is not None:
@@ -165,7 +169,7 @@ def check_set_level(sa: SetAnalysis, res: CheckResult) -> list[Violation]:
     return vs
 
 
-def assemble(sa: SetAnalysis, parts: list[DiskPart], set_level: bool = True) -> CheckResult:
+def assemble(sa: SetAnalysis, parts: list[DiskPart], single_writer: bool = False) -> CheckResult:
     """The verdict document from the disk parts (in disk order) and the set-level checks."""
     res = CheckResult(sa)
     vs: list[Violation] = []
@@ -179,8 +183,7 @@ def assemble(sa: SetAnalysis, parts: list[DiskPart], set_level: bool = True) -> 
         res.inferred_cache[p.disk] = cache_mode.decide(p.cache_counts, p.declared)
         for k, off in p.clocks.items():
             res.clocks[k] = _clock_doc(k, off)
-    if set_level:
-        vs += check_set_level(sa, res)
+    vs += check_set_level(sa, res, single_writer)
     res.violations = _order(vs)
     return res
 

@@ -102,12 +102,30 @@ def overlapping_pairs(req: pd.DataFrame) -> pd.DataFrame:
                          "sector": np.maximum(s[i], s[j]), "nsect": np.minimum(e[i], e[j]) - np.maximum(s[i], s[j])})
 
 
+def host_requests_by_bio(da) -> pd.DataFrame:
+    """The host's issued requests (dispatched_requests), each under the id of the host bio that created it
+    (df_host_bios ``rid``: the id every host-block evidence cites), -1 when no bio matches."""
+    from toolkit.requests import dispatched_requests
+
+    req = dispatched_requests(da.host_events)
+    b = da.df_host_bios()
+    b = b[~b["merged"].astype(bool) & b["d_ns"].notna()]
+    key = pd.DataFrame({"d_ns": b["d_ns"].to_numpy(np.int64), "sector": b["req_sector"].to_numpy(np.int64),
+                        "nsect": b["req_nsect"].to_numpy(np.int64), "op": b["op"].astype(str).to_numpy(),
+                        "bio": b["rid"].to_numpy(np.int64)}).drop_duplicates(["d_ns", "sector", "nsect", "op"])
+    left = pd.DataFrame({"d_ns": req["d_ns"].to_numpy(np.int64), "sector": req["sector"].to_numpy(np.int64),
+                         "nsect": req["nsect"].to_numpy(np.int64), "op": req["op"].astype(str).to_numpy()})
+    bio = left.merge(key, how="left", on=["d_ns", "sector", "nsect", "op"])["bio"]
+    req = req.copy()
+    req["rid"] = bio.fillna(-1).to_numpy(np.int64)
+    return req
+
+
 def overlapping_inflight(da) -> list[Violation]:
     out = []
     layers = [("guest-block", da.disk.guest, da.df_guest_requests())]
     if len(da.host_events):
-        from toolkit.requests import dispatched_requests
-        layers.append(("host-block", da.host_node, dispatched_requests(da.host_events)))
+        layers.append(("host-block", da.host_node, host_requests_by_bio(da)))
     for layer, node, req in layers:
         p = overlapping_pairs(req)
         where, t0 = "reference clock", da.t0
