@@ -17,6 +17,7 @@ printed byte count). ``sector`` is -1 where blkparse printed none (data-less Q/G
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import deque
@@ -49,6 +50,7 @@ _ACT_INDEX = {a: i for i, a in enumerate(ACTIONS)}
 ACTION_CATEGORY = {"Q": TC["queue"], "M": TC["queue"], "F": TC["queue"], "G": TC["queue"], "S": TC["queue"],
                    "R": TC["requeue"], "D": TC["issue"], "C": TC["complete"], "P": TC["queue"], "U": TC["queue"],
                    "UT": TC["queue"], "I": TC["queue"], "X": 0, "B": 0, "A": TC["queue"], "m": TC["notify"]}
+_FLAG = {"preflush": TC["flush"], "fua": TC["fua"], "sync": TC["sync"], "meta": TC["meta"]}
 _RWBS_RE = re.compile(r"F?[DWRN]F?A?S?M?\Z")
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +380,7 @@ for _a in ("Q", "M", "F", "G", "S", "R", "D", "C", "P", "U", "UT", "I", "B"):
 _KEEP_TOP = np.array([0] + [(~((1 << (8 * (8 - k))) - 1)) & 0xFFFFFFFFFFFFFFFF for k in range(1, 9)],
                      dtype=np.uint64)
 _ONES = 0x0101010101010101
+_NULL_NAME = np.uint64(int.from_bytes(b"(null)", "little"))
 
 
 def _swar8(x: np.ndarray) -> np.ndarray:
@@ -402,15 +405,36 @@ def _digits(flat: np.ndarray, s: np.ndarray, e: np.ndarray, maxw: int) -> tuple[
     keep_l = _KEEP_TOP[wl]
     keep_h = _KEEP_TOP[wh]
     lo = _u64_at(flat, e - 8) & keep_l
-    hi = _u64_at(flat, e - 16) & keep_h
-    for x, keep in ((lo, keep_l), (hi, keep_h)):
-        hi_nib = x & np.uint64(0xF0F0F0F0F0F0F0F0)
-        ok &= hi_nib == (np.uint64(0x30 * _ONES) & keep)
-        ok &= ((x + np.uint64(0x06 * _ONES)) & np.uint64(0xF0F0F0F0F0F0F0F0) & keep) == (np.uint64(0x30 * _ONES) & keep)
+    ok &= _all_digits(lo, keep_l)
     val = _swar8(lo)
-    if (wh > 0).any():
-        val += _swar8(hi) * 100_000_000
+    long = np.flatnonzero(wh > 0)  # more than 8 digits: the 8 bytes before too
+    if len(long):
+        hi = _u64_at(flat, e[long] - 16) & keep_h[long]
+        ok[long] &= _all_digits(hi, keep_h[long])
+        val[long] += _swar8(hi) * 100_000_000
     return val, ok
+
+
+def _all_digits(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Every byte of ``x`` that ``keep`` keeps is an ASCII digit."""
+    want = np.uint64(0x30 * _ONES) & keep
+    return (((x & np.uint64(0xF0F0F0F0F0F0F0F0)) == want)
+            & (((x + np.uint64(0x06 * _ONES)) & np.uint64(0xF0F0F0F0F0F0F0F0) & keep) == want))
+
+
+def _digits_if(flat: np.ndarray, s: np.ndarray, e: np.ndarray, maxw: int, cond: np.ndarray,
+               ok: np.ndarray) -> np.ndarray:
+    """:func:`_digits` on the rows where ``cond`` holds (0 elsewhere); a bad number there clears ``ok``."""
+    rows = np.flatnonzero(cond)
+    val = np.zeros(len(s), dtype=np.int64)
+    if len(rows) == len(s):
+        v, o = _digits(flat, s, e, maxw)
+        ok &= o
+        return v
+    if len(rows):
+        val[rows], o = _digits(flat, s[rows], e[rows], maxw)
+        ok[rows] &= o
+    return val
 
 
 def _ctz(x: np.ndarray) -> np.ndarray:
@@ -526,18 +550,14 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     ok &= shape_fs_ext | shape_comm | shape_cr_ext | shape_cr_sec | shape_u
     # numbers of the tail
     te = base + q  # flat end of each line
-    sector, o = _digits(flat, base, base + p1, 16)
     has_ext = shape_fs_ext | shape_cr_ext | shape_cr_sec
-    ok &= o | ~has_ext
-    nsect, o = _digits(flat, base + p1 + 3, base + p2, 10)
+    sector = _digits_if(flat, base, base + p1, 16, has_ext, ok)
     has_n = shape_fs_ext | shape_cr_ext
-    ok &= o | ~has_n
+    nsect = _digits_if(flat, base + p1 + 3, base + p2, 10, has_n, ok)
     es = np.where(shape_cr_ext, base + p2 + 2, base + p1 + 2)
-    err, o = _digits(flat, es, te - 1, 5)
     iserr = shape_cr_ext | shape_cr_sec
-    ok &= o | ~iserr
-    depth, o = _digits(flat, base + pl + 1, te, 16)
-    ok &= o | ~shape_u
+    err = _digits_if(flat, es, te - 1, 5, iserr, ok)
+    depth = _digits_if(flat, base + pl + 1, te, 16, shape_u, ok)
     # the header numbers
     maj = (M[:, 0] & 15).astype(np.int64) * 100 + (M[:, 1] & 15) * 10 + (M[:, 2] & 15)
     d5 = (M[:, 5] >= 48) & (M[:, 5] <= 57)
@@ -567,13 +587,10 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     cs = lsel + np.where(k(shape_fs_ext), _HDR + k(p2) + 2, _HDR + 1)
     ce = np.where(k(shape_u), lsel + _HDR + k(pl) - 1, le[sel] - 1)
     has_comm = k(shape_fs_ext | shape_comm | shape_u)
-    comm = _strings(a, cs, ce, has_comm)
-    null_name = pc.fill_null(pc.equal(comm, "(null)"), False)
-    if pc.any(null_name).as_py():
-        comm = pc.if_else(null_name, pa.scalar(None, comm.type), comm)
+    has_comm &= (ce - cs != 6) | (_u64_at(a, cs) & np.uint64((1 << 48) - 1) != _NULL_NAME)
+    comm = _strings(a, cs, ce, has_comm)  # "(null)": no name
     n = len(keep)
-    is_n = k(has_n)
-    nsect_k = np.where(is_n, k(nsect), 0)
+    nsect_k = k(nsect)
     cols = {
         "line": sel,
         "time_ns": k(sec) * 1_000_000_000 + k(ns),
@@ -581,12 +598,12 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
         "cpu": k(cpu), "seq": k(seq), "pid": k(pid), "act": k(act),
         "rwbs": (k(rcode).astype(np.int8), _FIXED_RWBS),
         "sector": np.where(k(has_ext), k(sector), -1), "nsect": nsect_k, "bytes": nsect_k * 512,
-        "error": np.where(k(iserr), k(err), 0).astype(np.int32),
+        "error": k(err).astype(np.int32),
         "comm": comm,
         "remap_device": _Fill(-1, n),
         "remap_sector": _Fill(None, n),
         "split_sector": _Fill(None, n),
-        "unplug_depth": (np.where(k(shape_u), k(depth), 0), k(shape_u)),
+        "unplug_depth": (k(depth), k(shape_u)),
         "message": _Fill(None, n),
     }
     return cols, done
@@ -789,11 +806,27 @@ def _workers(workers: int | None) -> int:
 _ALL_RWBS = sorted(f1 + o + f2 + a + s + m for f1 in ("", "F") for o in "DWRN" for f2 in ("", "F") for a in ("", "A")
                    for s in ("", "S") for m in ("", "M"))
 _RWBS_CODE = {x: i for i, x in enumerate(_ALL_RWBS)}
+
+
+@functools.cache
+def _op_tables() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Category bits of each (rwbs code, action) at ``rwbs * 16 + action``; the op code of each such pair and
+    bytes != 0 at ``2 * (rwbs * 16 + action) + nonzero``, codes into the sorted list of op names (the third)."""
+    rcat = category_from_rwbs(np.array(_ALL_RWBS, dtype=object))
+    acat = np.array([ACTION_CATEGORY[x] for x in ACTIONS], dtype=np.int64)
+    cat = (rcat[:, None] | acat[None, :]).ravel()
+    acts = np.array(ACTIONS * len(_ALL_RWBS), dtype=object)
+    op = op_from_category(np.repeat(cat, 2), np.tile([0, 512], len(cat)), np.repeat(acts, 2)).astype(str)
+    names, codes = np.unique(op, return_inverse=True)
+    return cat.astype(np.int32), codes.astype(np.int8), [str(x) for x in names]
+
+
 #: the columns rows are written to while reading, and their dtypes (``*_ok``: the value is present; remap_device
 #: is the device key + 1, 0 for none; comm_len: the name's length in bytes)
 _OUT = {"pos": np.int64, "time_ns": np.int64, "dev": np.int64, "cpu": np.int32, "seq": np.int64, "pid": np.int64,
         "act": np.int8, "rwbs": np.int8, "sector": np.int64, "nsect": np.int64, "bytes": np.int64,
-        "error": np.int64, "remap_device": np.int64, "remap_sector": np.int64, "remap_sector_ok": bool,
+        "error": np.int32, "category": np.int32, "op": np.int8, "preflush": bool, "fua": bool, "sync": bool,
+        "meta": bool, "remap_device": np.int64, "remap_sector": np.int64, "remap_sector_ok": bool,
         "split_sector": np.int64, "split_sector_ok": bool, "unplug_depth": np.int64, "unplug_depth_ok": bool,
         "comm_len": np.int64, "comm_ok": bool, "file": np.int32}
 
@@ -832,10 +865,19 @@ class _Out:
         sl = slice(slot, slot + n)
         a = self.a
         a["pos"][sl] = cols["line"]
-        for key in ("time_ns", "dev", "cpu", "seq", "pid", "act", "sector", "nsect", "bytes", "error"):
+        for key in ("time_ns", "dev", "cpu", "seq", "pid", "act", "sector", "nsect", "bytes"):
             a[key][sl] = cols[key]
+        a["error"][sl] = errno_signed(cols["error"])
         codes, labels = cols["rwbs"]
-        a["rwbs"][sl] = np.array([_RWBS_CODE.get(x, 0) for x in labels], dtype=np.int8)[codes]  # kept rows: valid
+        rw = np.array([_RWBS_CODE.get(x, 0) for x in labels], dtype=np.int8)[codes]  # kept rows: valid labels
+        a["rwbs"][sl] = rw
+        pair = rw.astype(np.int16) * len(ACTIONS) + cols["act"]
+        cat_t, op_t, _ = _op_tables()
+        cat = cat_t[pair]
+        a["category"][sl] = cat
+        a["op"][sl] = op_t[2 * pair + (cols["bytes"] != 0)]
+        for key in ("preflush", "fua", "sync", "meta"):
+            a[key][sl] = (cat & _FLAG[key]) != 0
         rm = cols["remap_device"]
         if not isinstance(rm, _Fill):
             a["remap_device"][sl] = rm + 1
@@ -1066,20 +1108,10 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     del dev
     used, rcodes = small_unique(c.pop("rwbs"))  # only the labels in use, in sorted order
     rlabels = [_ALL_RWBS[i] for i in used]
-    act = c.pop("act")
-    au, acodes = small_unique(act)
-    del act
+    au, acodes = small_unique(c.pop("act"))
     alabels = [ACTIONS[i] for i in au]
-    # category bits: RWBS letters + the action constant's bits; op from the distinct combinations
-    rcat = category_from_rwbs(np.array(rlabels, dtype=object))
-    acat = np.array([ACTION_CATEGORY[x] for x in alabels], dtype=np.int64)
-    cat = (rcat[rcodes] | acat[acodes]).astype(np.int32)
-    nbytes = c["bytes"]
-    key = cat.astype(np.int64) | ((nbytes != 0).astype(np.int64) << 16) | (acodes.astype(np.int64) << 17)
-    uk, kcodes = small_unique(key)
-    del key
-    op_u = op_from_category(uk & 0xFFFF, (uk >> 16) & 1, np.array(alabels, dtype=object)[uk >> 17]).astype(str)
-    ol, oc = np.unique(op_u, return_inverse=True)
+    ou, ocodes = small_unique(c.pop("op"))
+    olabels = [_op_tables()[2][i] for i in ou]
     rm = c.pop("remap_device")  # device key + 1; 0: none
     has_rm = rm != 0
     if has_rm.any():
@@ -1106,15 +1138,12 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         "seq": c.pop("seq"), "pid": c.pop("pid"),
         "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
         "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
-        "sector": c.pop("sector"), "nsect": c.pop("nsect"), "bytes": nbytes,
-        "error": errno_signed(c.pop("error")),
+        "sector": c.pop("sector"), "nsect": c.pop("nsect"), "bytes": c.pop("bytes"),
+        "error": c.pop("error"),
         "comm": c.pop("comm"),
-        "category": cat,
-        "op": pd.Categorical.from_codes(oc[kcodes].astype(np.int32), categories=list(ol), validate=False),
-        "preflush": (cat & TC["flush"]) != 0,
-        "fua": (cat & TC["fua"]) != 0,
-        "sync": (cat & TC["sync"]) != 0,
-        "meta": (cat & TC["meta"]) != 0,
+        "category": c.pop("category"),
+        "op": pd.Categorical.from_codes(ocodes.astype(np.int32), categories=olabels, validate=False),
+        "preflush": c.pop("preflush"), "fua": c.pop("fua"), "sync": c.pop("sync"), "meta": c.pop("meta"),
         "remap_device": rm_arr,
         "remap_sector": nint("remap_sector"),
         "split_sector": nint("split_sector"),
