@@ -39,7 +39,7 @@ from toolkit.events import (
     op_from_category,
     rwbs_from_category,
 )
-from toolkit.parsers import ParseResult, reject_rows, small_unique
+from toolkit.parsers import ParseResult, reject_rows
 
 MAGIC = 0x65617400
 VERSION = 7
@@ -265,8 +265,11 @@ def _nullable_int(n: int, idx: np.ndarray, vals: np.ndarray) -> pd.arrays.Intege
 
 
 def _categorical(codes: np.ndarray, labels: Iterable[str]) -> pd.Categorical:
-    return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int32), categories=pd.Index(list(labels)),
-                                     validate=False)
+    labels = list(labels)
+    codes = np.asarray(codes)
+    if codes.dtype != np.int8 or len(labels) >= 127:
+        codes = codes.astype(np.int32)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(labels), validate=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,15 +288,20 @@ class _Class:
         cnt = (n - HEADER - start) // 8 + 1 if n - HEADER >= start else 0
         if cnt > 0:
             u = np.ndarray((cnt,), dtype=order + "u4", buffer=mv, offset=start, strides=(8,))
-            cand = np.flatnonzero(u == _MAGIC_V7) * 8 + start
-            pl = np.ndarray((cnt,), dtype=order + "u2", buffer=mv, offset=start + 46, strides=(8,))[
-                (cand - start) >> 3]
+            k = np.flatnonzero(u == _MAGIC_V7)
+            nxt = np.ndarray((cnt,), dtype=order + "u2", buffer=mv, offset=start + 46, strides=(8,))[k].astype(
+                np.int64)
+            cand = k
+            cand *= 8
+            cand += start
+            nxt += cand
+            nxt += HEADER
         else:
             cand = np.empty(0, dtype=np.int64)
-            pl = np.empty(0, dtype=np.uint16)
+            nxt = np.empty(0, dtype=np.int64)
         self.cand = cand
-        self.nxt = cand + HEADER + pl
-        brk = np.flatnonzero(self.nxt[:-1] != cand[1:])
+        self.nxt = nxt
+        brk = np.flatnonzero(nxt[:-1] != cand[1:])
         self.brk = np.append(brk, len(cand) - 1)
 
 
@@ -307,7 +315,13 @@ def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[in
     """
     n = len(mv)
     big = order == ">"
-    classes: dict[int, _Class] = {}
+    if n >= HEADER:
+        c0 = _Class(mv, order, 0)
+        if len(c0.cand) and c0.cand[0] == 0 and len(c0.brk) == 1 and c0.nxt[-1] == n:
+            return c0.cand, []  # an intact file: one chain from the first byte to the last
+        classes: dict[int, _Class] = {0: c0}
+    else:
+        classes = {}
     segs: list[np.ndarray] = []
     rejects: list[tuple[int, int, str]] = []
     pos = 0
@@ -463,28 +477,6 @@ def _read_all(paths: list[str], loaded: list, chunk_bytes: int) -> tuple[np.ndar
 _MAP_FIXED = 0x10
 
 
-class _Fields:
-    """Header fields of records at byte offsets of one buffer, each gathered on demand (either byte order)."""
-
-    def __init__(self, buf: np.ndarray, offs: np.ndarray, big: np.ndarray | None) -> None:
-        self.buf = buf
-        self.offs = offs
-        self.big = big  # rows written big-endian (None: all little-endian)
-
-    def get(self, name: str, dtype: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-        off = _OFFSET[name]
-        t = np.dtype("<" + (dtype or _TYPES[name]))
-        view = np.ndarray((len(self.buf) - off - t.itemsize + 1,), dtype=t, buffer=self.buf, offset=off,
-                          strides=(1,))
-        offs = self.offs if rows is None else self.offs[rows]
-        v = view[offs]
-        if self.big is not None:
-            bg = self.big if rows is None else self.big[rows]
-            if bg.any():
-                v[bg] = v[bg].byteswap()
-        return v
-
-
 _OFFSET = {}
 _TYPES = {}
 _o = 0
@@ -524,7 +516,8 @@ def parse(paths: list[str] | str, chunk_bytes: int = fileio.CHUNK) -> ParseResul
         orders[path] = "little" if order == "<" else "big"
         big_any |= order == ">"
         offs, rej = _find_records(mv, order)
-        offs_parts.append((fi, offs + s, order))
+        offs += s  # offs is this call's own array
+        offs_parts.append((fi, offs, order))
         rej = _merge_rejects([(p, ln, r, _hexdump(bytes(mv[p:p + min(ln, 48)]))) for p, ln, r in rej])
         if rej:
             rejects.append(reject_rows(path, rej))
@@ -560,14 +553,15 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
     offs = np.concatenate([o for _, o, _ in offs_parts]) if len(offs_parts) != 1 else offs_parts[0][1]
     nonempty = [fi for fi, o, _ in offs_parts if len(o)]
     fileidx = None
+    ftype = np.int8 if len(paths) < 128 else np.int32
     if len(nonempty) > 1:
-        fileidx = np.repeat(np.array([fi for fi, _, _ in offs_parts], dtype=np.int32), sizes)
+        fileidx = np.repeat(np.array([fi for fi, _, _ in offs_parts], dtype=ftype), sizes)
     big = None
     if big_any:
         big = np.repeat(np.array([od == ">" for _, _, od in offs_parts], dtype=bool), sizes)
-    f = _Fields(buf, offs, big)
-    time = f.get("time", "i8")
-    order = _time_order(time, lambda rows: f.get("device", rows=rows), lambda rows: f.get("sequence", rows=rows))
+    time = _field(buf, offs, big, "time", "i8")
+    order = _time_order(time, lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "device"),
+                        lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "sequence"))
     if order is not None:
         offs = offs[order]
         time = time[order]
@@ -575,42 +569,206 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
             fileidx = fileidx[order]
         if big is not None:
             big = big[order]
-        f = _Fields(buf, offs, big)
     del order
-    if fileidx is None:
-        fi0 = nonempty[0]
-        pos = offs - starts[fi0]
-        file_col = _categorical(np.full(n, fi0, dtype=np.int8 if len(paths) < 128 else np.int32), paths)
-    else:
-        pos = offs - np.asarray(starts, dtype=np.int64)[fileidx]
-        file_col = _categorical(fileidx, paths)
-        del fileidx
+    fcodes = np.full(n, nonempty[0], dtype=ftype) if fileidx is None else fileidx
+    del fileidx
+    st = _State(paths)
+    df, notify = _build(buf, offs, big, time, np.asarray(starts, dtype=np.int64), fcodes, st, threads=True)
+    meta = {"wallclock": st.wallclock, "lost_events": _lost_events(df, notify)}
+    return df, meta
 
-    action = f.get("action")
-    cat_bits = (action >> 16).astype(np.int32)
-    code16 = (action & 0xFFFF).astype(np.int32)
-    del action
-    cg = (code16 & CGROUP_FLAG) != 0
-    code = code16 & ~CGROUP_FLAG
-    del code16
-    notify = (cat_bits & _NOTIFY) != 0
-    acode = code + np.where(notify, 100, 0).astype(np.int32) if notify.any() else code
-    uniq_a, a_codes = small_unique(acode)
-    del acode
-    a_labels = [NOTIFY_ACTIONS.get(int(u) - 100, f"notify_{int(u) - 100}") if u >= 100
-                else ACTION_LETTERS.get(int(u), f"action_{int(u)}") for u in uniq_a]
-    nbytes = f.get("bytes").astype(np.int64)
+
+def _field(buf: np.ndarray, offs: np.ndarray, big: np.ndarray | None, name: str,
+           dtype: str | None = None) -> np.ndarray:
+    """One header field of the records at byte offsets ``offs`` of ``buf`` (rows in ``big`` are big-endian)."""
+    off = _OFFSET[name]
+    t = np.dtype("<" + (dtype or _TYPES[name]))
+    view = np.ndarray((len(buf) - off - t.itemsize + 1,), dtype=t, buffer=buf, offset=off, strides=(1,))
+    v = view[offs]
+    if big is not None and big.any():
+        v[big] = v[big].byteswap()
+    return v
+
+
+_LE = header_dtype("<")
+_BE = header_dtype(">")
+#: rows per block of the header decoding (blocks run on two threads; numpy releases the GIL)
+_BLOCK = 1 << 16
+#: category bits that rwbs and op depend on
+_RW_MASK = TC["flush"] | TC["discard"] | TC["write"] | TC["fua"] | TC["ahead"] | TC["sync"] | TC["meta"]
+_NONE_OPS = ("P", "U", "UT", "m", "notify_process", "notify_timestamp", "drv_data")
+
+
+def _action_label(u: int) -> str:
+    """Label of an action code (notify records: 100 + notify type)."""
+    return NOTIFY_ACTIONS.get(u - 100, f"notify_{u - 100}") if u >= 100 else ACTION_LETTERS.get(u, f"action_{u}")
+
+
+#: action code -> 1 when its op is 'none' (P, U, UT, notify records, drv_data)
+_NONE_LUT = np.zeros((1 << 16) + 100, dtype=np.int32)
+_NONE_LUT[[u for u in range(200) if _action_label(u) in _NONE_OPS]] = 1
+
+
+class _State:
+    """What one trace's chunks share: category values seen so far (in parse()'s orders), the newest process
+    name per pid, the first wall-clock stamp. A fresh state for a whole trace gives parse()'s table."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.acodes = np.zeros(0, dtype=np.int64)  # action codes seen (notify: 100 + type), ascending
+        self.rwbs: list[str] = []
+        self.ops: list[str] = []
+        self.devs = np.zeros(0, dtype=np.int64)  # dev_t values seen, ascending
+        self.comm_pids = np.zeros(0, dtype=np.int64)  # pids with a known name, ascending
+        self.comm_names: list[str] = []
+        self.wallclock: tuple[int, int] | None = None
+
+
+def _decode_block(buf: np.ndarray, offs: np.ndarray, big: np.ndarray | None, base: np.ndarray, fcodes: np.ndarray,
+                  out: dict, a: int, b: int) -> None:
+    """Decode the headers of rows a:b into the preallocated columns of ``out`` (one gather of 48-byte headers)."""
+    np.subtract(offs[a:b], base[fcodes[a:b]], out=out["pos"][a:b])
+    hv = np.ndarray((len(buf) - HEADER + 1,), dtype=f"V{HEADER}", buffer=buf, strides=(1,))
+    h = hv[offs[a:b]]
+    s = h.view(_LE)
+    bg = None
+    if big is not None:
+        bg = np.flatnonzero(big[a:b])
+        if len(bg):
+            sb = h[bg].view(_BE)
+        else:
+            bg = None
+
+    def get(name: str) -> np.ndarray:
+        v = s[name]
+        if bg is not None:
+            v = v.copy()
+            v[bg] = sb[name]
+        return v
+
+    np.copyto(out["seq"][a:b], get("sequence"), casting="unsafe")
+    np.copyto(out["sector"][a:b], get("sector"), casting="unsafe")
+    nb = out["bytes"][a:b]
+    np.copyto(nb, get("bytes"), casting="unsafe")
+    np.right_shift(nb, 9, out=out["nsect"][a:b])
+    np.copyto(out["pid"][a:b], get("pid"), casting="unsafe")
+    np.copyto(out["cpu"][a:b], get("cpu"), casting="unsafe")
+    np.copyto(out["device"][a:b], get("device"), casting="unsafe")
+    np.take(_ERRNO, get("error"), out=out["error"][a:b])
+    np.copyto(out["pdu_len"][a:b], get("pdu_len"), casting="unsafe")
+    action = get("action")
+    cat = out["category"][a:b]
+    np.right_shift(action, 16, out=cat, casting="unsafe")
+    code = (action & 0xFFFF).astype(np.int32)
+    cg = out["cg"][a:b]
+    np.not_equal(code & CGROUP_FLAG, 0, out=cg)
+    code &= ~CGROUP_FLAG
+    out["code"][a:b] = code
+    notify = out["notify"][a:b]
+    np.not_equal(cat & _NOTIFY, 0, out=notify)
+    acode = out["acode"][a:b]
+    np.add(code, notify.view(np.uint8) * np.int32(100), out=acode, casting="unsafe")
+    for k in ("preflush", "fua", "sync", "meta"):
+        np.not_equal(cat & TC["flush" if k == "preflush" else k], 0, out=out[k][a:b])
+    key = out["key"][a:b]  # what rwbs and op depend on: category bits, bytes != 0, an action without op
+    np.bitwise_and(cat, _RW_MASK, out=key)
+    key |= (nb != 0).view(np.uint8).astype(np.int32) << 16
+    key |= _NONE_LUT[acode] << 17
+
+
+def _code_block(out: dict, luts: dict, a: int, b: int) -> None:
+    """Category codes of rows a:b from the per-row keys through lookup tables."""
+    for dst, (src, lut) in luts.items():
+        np.take(lut, out[src][a:b], out=out[dst][a:b])
+
+
+_POOL = None
+
+
+def _pool():
+    """A two-thread pool for the header decoding (numpy releases the GIL in gathers and ufuncs)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="blktrace")
+    return _POOL
+
+
+def _union_sorted(seen: np.ndarray, new: np.ndarray) -> np.ndarray:
+    if len(seen) == 0:
+        return new.astype(np.int64)
+    return np.union1d(seen, new).astype(np.int64)
+
+
+def _build(buf: np.ndarray, offs: np.ndarray, big: np.ndarray | None, time: np.ndarray, base: np.ndarray,
+           fcodes: np.ndarray, st: _State, threads: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+    """The BLOCK_EVENTS frame of the records at ``offs`` of ``buf`` (already in time order).
+
+    ``time`` (ns) and ``fcodes`` (index into ``st.paths``) are per row; a record's ``pos`` (byte offset in its
+    file) is its offset minus ``base[file]``. ``st`` carries what a trace's chunks share and is updated.
+    Returns (frame, notify-record mask).
+    """
+    n = len(offs)
+    out = {k: np.empty(n, dtype=t) for k, t in (
+        ("seq", np.int64), ("sector", np.int64), ("bytes", np.int64), ("nsect", np.int64), ("pid", np.int64),
+        ("cpu", np.int32), ("device", np.uint32), ("error", np.int32), ("pdu_len", np.uint16),
+        ("category", np.int32), ("cg", bool), ("code", np.int32), ("notify", bool), ("acode", np.int32),
+        ("preflush", bool), ("fua", bool), ("sync", bool), ("meta", bool), ("key", np.int32), ("pos", np.int64))}
+    blocks = [(a, min(a + _BLOCK, n)) for a in range(0, n, _BLOCK)]
+    par = threads and len(blocks) > 1 and (os.cpu_count() or 1) > 1
+
+    def run(fn, *args) -> None:
+        if par:
+            list(_pool().map(lambda ab: fn(*args, *ab), blocks))
+        else:
+            for a, b in blocks:
+                fn(*args, a, b)
+
+    run(_decode_block, buf, offs, big, base, fcodes, out)
+    cat_bits, code, notify = out["category"], out["code"], out["notify"]
+    nbytes = out["bytes"]
+
+    # action, rwbs, op: codes into every value seen so far, in parse()'s orders (actions by code, strings sorted)
+    present = np.flatnonzero(np.bincount(out["acode"])) if n else np.zeros(0, dtype=np.int64)
+    st.acodes = _union_sorted(st.acodes, present)
+    a_labels = [_action_label(int(u)) for u in st.acodes]
+    uk = np.flatnonzero(np.bincount(out["key"])) if n else np.zeros(0, dtype=np.int64)
+    uk_cat = uk & 0xFFFF
+    uk_b = (uk >> 16) & 1
+    uk_act = np.where((uk >> 17) & 1, "P", "Q").astype(object)  # an action with op 'none', or one with an op
+    rwbs_u = rwbs_from_category(uk_cat, uk_b).astype(str)
+    op_u = op_from_category(uk_cat, uk_b, uk_act).astype(str)
+    st.rwbs = sorted(set(st.rwbs) | set(rwbs_u.tolist()))
+    st.ops = sorted(set(st.ops) | set(op_u.tolist()))
+    luts = {}
+    for name, labels, vals, src, top in (("a_codes", a_labels, st.acodes, "acode", int(st.acodes[-1]) + 1 if n else 1),
+                                         ("rwbs", st.rwbs, None, "key", int(uk[-1]) + 1 if n else 1),
+                                         ("op", st.ops, None, "key", int(uk[-1]) + 1 if n else 1)):
+        t = np.int8 if len(labels) < 127 else np.int32
+        lut = np.zeros(top, dtype=t)
+        if vals is not None:
+            lut[vals] = np.arange(len(vals))
+        elif len(uk):
+            lut[uk] = np.searchsorted(np.array(labels, dtype=str), rwbs_u if name == "rwbs" else op_u)
+        luts[name] = (src, lut)
+        out[name] = np.empty(n, dtype=t)
+    run(_code_block, out, luts)
+    del out["key"], out["acode"]
+    a_codes = out.pop("a_codes")
+    rwbs_col = _categorical(out.pop("rwbs"), st.rwbs)
+    op_col = _categorical(out.pop("op"), st.ops)
 
     # records with payloads that matter: unplug depth / split sector, remap, notify names, stamps, messages
-    pdu_len = f.get("pdu_len")
-    has_pdu = np.flatnonzero(pdu_len != 0)
-    del pdu_len
+    pdu_len = out.pop("pdu_len")
+    has_pdu = np.flatnonzero(pdu_len)
+    cg = out.pop("cg")
     sp_code = code[has_pdu]
     sp_notify = notify[has_pdu]
     sp_cg = cg[has_pdu]
-    sp_plen = f.get("pdu_len", rows=has_pdu).astype(np.int64) - np.where(sp_cg, 8, 0)
-    sp_poff = offs[has_pdu] + HEADER + np.where(sp_cg, 8, 0)
     del cg
+    sp_plen = pdu_len[has_pdu].astype(np.int64) - np.where(sp_cg, 8, 0)
+    del pdu_len
+    sp_poff = offs[has_pdu] + HEADER + np.where(sp_cg, 8, 0)
 
     def pick(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         j = np.flatnonzero(mask)
@@ -621,7 +779,7 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
         view = np.ndarray((len(buf) - t.itemsize + 1,), dtype=t, buffer=buf, strides=(1,))
         return view[at].astype(np.int64)
 
-    device = f.get("device")
+    device = out.pop("device")
     remap_dev_codes = None
     remap_sector = None
     remap_names: list[str] = []
@@ -629,35 +787,21 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
     if len(ridx):
         dfrom = be(">u4", rpoff)
         device[ridx] = be(">u4", rpoff + 4).astype(device.dtype)
-        uf, fcodes = np.unique(dfrom, return_inverse=True)
+        uf, fcodes_r = np.unique(dfrom, return_inverse=True)
         remap_names = list(_dev_str(uf))
         remap_dev_codes = np.full(n, -1, dtype=np.int32)
-        remap_dev_codes[ridx] = fcodes
+        remap_dev_codes[ridx] = fcodes_r
         remap_sector = _nullable_int(n, ridx, be(">u8", rpoff + 8))
-    if (device == device[0]).all():
-        d_codes, uniq_d = np.zeros(n, dtype=np.int8), device[:1]
+    one = n > 0 and bool((device == device[0]).all())
+    st.devs = _union_sorted(st.devs, device[:1] if one else np.unique(device))
+    if len(st.devs) == 1:
+        d_codes = np.zeros(n, dtype=np.int8)
     else:
-        d_codes, uniq_d = pd.factorize(device, sort=True)
+        d_codes = np.searchsorted(st.devs, device).astype(np.int32)
     del device
 
-    # rwbs and op from the distinct (category, bytes != 0, action) combinations
-    key = cat_bits | ((nbytes != 0).astype(np.int32) << 16) | (a_codes.astype(np.int32) << 17)
-    uk, k_codes = small_unique(key)
-    del key
-    uk_cat = uk & 0xFFFF
-    uk_b = (uk >> 16) & 1
-    uk_act = np.array(a_labels, dtype=object)[uk >> 17]
-    rwbs_u = rwbs_from_category(uk_cat, uk_b)
-    op_u = op_from_category(uk_cat, uk_b, uk_act)
-    r_labels, r_of_k = np.unique(rwbs_u.astype(str), return_inverse=True)
-    o_labels, o_of_k = np.unique(op_u.astype(str), return_inverse=True)
-    small = np.int8 if len(uk) and max(len(r_labels), len(o_labels)) < 127 else np.int32
-    rwbs_col = _categorical(r_of_k.astype(small)[k_codes], r_labels)
-    op_col = _categorical(o_of_k.astype(small)[k_codes], o_labels)
-    del k_codes
-
-    pid = f.get("pid").astype(np.int64)
-    # comm: the newest notify_process name of the same pid at or before each row
+    pid = out.pop("pid")
+    # comm: the newest notify_process name of the same pid at or before each row (earlier chunks: st)
     comm_codes = None
     msg_codes = None
     msg_names: list[str] = []
@@ -670,7 +814,24 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
         msg_codes[pidx] = ncodes
         comm_codes = _comm_codes(pid, pidx, ncodes)
     comm_names = list(msg_names)
-    wallclock = None
+    if len(st.comm_pids):
+        j = np.minimum(np.searchsorted(st.comm_pids, pid), len(st.comm_pids) - 1)
+        hit = st.comm_pids[j] == pid
+        if comm_codes is None:
+            comm_codes = np.full(n, -1, dtype=np.int32)
+        hit &= comm_codes < 0
+        comm_codes[hit] = len(comm_names) + j[hit]
+        comm_names += st.comm_names
+    if len(pidx):  # the newest name of each pid named here, for the next chunks
+        p = pid[pidx][::-1]
+        up, first = np.unique(p, return_index=True)
+        newest = [msg_names[c] for c in ncodes[::-1][first].tolist()]
+        keep = ~np.isin(st.comm_pids, up)
+        allp = np.concatenate([st.comm_pids[keep], up.astype(np.int64)])
+        alln = [x for x, k in zip(st.comm_names, keep.tolist(), strict=True) if k] + newest
+        o = np.argsort(allp, kind="stable")
+        st.comm_pids = allp[o]
+        st.comm_names = [alln[i] for i in o.tolist()]
     sidx, spoff, _ = pick(sp_notify & (sp_code == 1) & (sp_plen >= 8))
     if len(sidx):
         sbig = big[sidx] if big is not None else np.zeros(len(sidx), dtype=bool)
@@ -682,7 +843,8 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
         if msg_codes is None:
             msg_codes = np.full(n, -1, dtype=np.int32)
         msg_codes[sidx] = base + np.arange(len(labels))
-        wallclock = (int(time[sidx[0]]), int(secs[0]) * 1_000_000_000 + int(nss[0]))
+        if st.wallclock is None:
+            st.wallclock = (int(time[sidx[0]]), int(secs[0]) * 1_000_000_000 + int(nss[0]))
     midx, mpoff, mplen = pick(sp_notify & (sp_code == 2) & (sp_plen > 0))
     if len(midx):
         texts = _pdu_strings(buf, mpoff, mplen)
@@ -708,37 +870,35 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
             return _null_strings(n)
         return _string_column(codes, names)
 
-    seq = f.get("sequence").astype(np.int64)
     cols = {
         "time_ns": time,
-        "device": _categorical(d_codes, _dev_str(uniq_d)),
-        "cpu": f.get("cpu", "i4"),
-        "seq": seq,
+        "device": _categorical(d_codes, _dev_str(st.devs)),
+        "cpu": out.pop("cpu"),
+        "seq": out.pop("seq"),
         "pid": pid,
-        "action": _categorical(a_codes.astype(np.int8) if len(a_labels) < 127 else a_codes, a_labels),
+        "action": _categorical(a_codes, a_labels),
         "rwbs": rwbs_col,
-        "sector": f.get("sector", "i8"),
-        "nsect": nbytes >> 9,
+        "sector": out.pop("sector"),
+        "nsect": out.pop("nsect"),
         "bytes": nbytes,
-        "error": _ERRNO[f.get("error")],
+        "error": out.pop("error"),
         "comm": strings(comm_codes, comm_names),
         "category": cat_bits,
         "op": op_col,
-        "preflush": (cat_bits & TC["flush"]) != 0,
-        "fua": (cat_bits & TC["fua"]) != 0,
-        "sync": (cat_bits & TC["sync"]) != 0,
-        "meta": (cat_bits & TC["meta"]) != 0,
+        "preflush": out.pop("preflush"),
+        "fua": out.pop("fua"),
+        "sync": out.pop("sync"),
+        "meta": out.pop("meta"),
         "remap_device": strings(remap_dev_codes, remap_names),
         "remap_sector": remap_sector if remap_sector is not None else nul(),
         "split_sector": split if split is not None else nul(),
         "unplug_depth": unplug if unplug is not None else nul(),
         "message": strings(msg_codes, msg_names),
-        "file": file_col,
-        "pos": pos,
+        "file": _categorical(fcodes, st.paths),
+        "pos": out.pop("pos"),
     }
-    df = pd.DataFrame(cols, copy=False)
-    meta = {"wallclock": wallclock, "lost_events": _lost_events(df, notify)}
-    return df, meta
+    return pd.DataFrame(cols, copy=False), notify
+
 
 
 def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
@@ -784,17 +944,16 @@ def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
     device and sequence. ``device`` and ``seq`` give those fields for an array of rows (only rows with equal
     times are looked up).
     """
-    d = np.diff(time)
-    if (d > 0).all():
+    if np.greater(time[1:], time[:-1]).all():
         return None
-    if (d >= 0).all():
+    if np.greater_equal(time[1:], time[:-1]).all():
         order = None
         ts = time
     else:
         order = np.argsort(time, kind="stable")
         ts = time[order]
-    del d
     tie = np.flatnonzero(ts[1:] == ts[:-1])
+    del ts
     if len(tie):
         rows = np.unique(np.concatenate([tie, tie + 1]))
         sub = rows if order is None else order[rows]
@@ -804,7 +963,7 @@ def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
                 return None
             order = np.arange(len(time), dtype=np.int64)
         order[rows] = srt
-    if order is None or (order == np.arange(len(order))).all():
+    if order is None or np.greater(order[1:], order[:-1]).all():
         return None
     return order
 
