@@ -755,8 +755,9 @@ def _take(cols: dict, order: np.ndarray) -> dict:
     return out
 
 
-def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dict, list[tuple[int, str]]]:
-    """One chunk of whole lines; ``line0`` is the 1-based number of its first line."""
+def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dict, list[tuple[int, str]], int]:
+    """One chunk of whole lines; ``line0`` is the 1-based number of its first line. Returns (columns, rejects,
+    lines in the chunk)."""
     if fast:
         a = np.frombuffer(buf + bytes(_W), dtype=np.uint8)
         le = np.flatnonzero(a[:len(buf)] == 10)
@@ -765,6 +766,7 @@ def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dic
         ls[1:] = le[:-1] + 1
         fixed, done = _fixed(a, ls, le)
         del a
+        nl = len(le)
         rest = np.flatnonzero(~done)
         cols = None
         texts = []
@@ -778,6 +780,7 @@ def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dic
         fixed = cols = None
         texts = [x.decode("utf-8", "replace") for x in buf.split(b"\n")[:-1]]
         rest = np.arange(len(texts))
+        nl = len(texts)
     slow, rej = _slow(texts, rest, summary)
     parts = [p for p in (fixed, cols, slow) if p and len(p["line"])]
     if len(parts) == 1:
@@ -788,7 +791,7 @@ def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dic
             merged = _take(merged, np.argsort(merged["line"], kind="stable"))
     if merged:
         merged["line"] = merged["line"] + line0
-    return merged, [(ln + line0, t) for ln, t in rej]
+    return merged, [(ln + line0, t) for ln, t in rej], nl
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -961,13 +964,13 @@ def _workers(workers: int | None) -> int:
 
 def _chunk_job(out: _Out, slot: int, fi: int, body: bytes, line0: int, fast: bool) -> tuple:
     summary: dict = {}
-    cols, rej = _parse_chunk(body, line0, fast, summary)
-    return out.put(slot, cols, fi), rej, summary
+    cols, rej, nl = _parse_chunk(body, line0, fast, summary)
+    return out.put(slot, cols, fi), rej, summary, nl
 
 
 def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> Iterator[tuple]:
     """The items of :func:`fileio.line_blocks` in order, each ``"lines"`` block parsed into ``out``: ("lines",
-    (slot, rows, names, messages), rejects, summary, lines before the block, lines in it). With ``workers`` > 1 and
+    (slot, rows, names, messages), rejects, summary, lines in the block, lines before it). With ``workers`` > 1 and
     more than one block, blocks are parsed by that many threads (numpy and pyarrow release the GIL), at most
     ``workers + 1`` blocks in flight; a single block is parsed in the calling thread."""
     pending: deque = deque()
@@ -979,25 +982,24 @@ def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> It
                 pending.append(item)
                 continue
             _, body, n = item
-            nl = body.count(b"\n")
-            if base + n + nl > out.cap:  # room for the rows: wait for the chunks in flight, then grow
+            out.top = max(out.top, base + n)  # the rows of the blocks before end here at the latest
+            if base + n + len(body) > out.cap:  # room for a row per byte: wait for the blocks in flight, grow
                 for p in pending:
                     if p[0] == "fut":
                         p[1].exception()
-                out.grow(base + n + nl + 8 * nl)
-            out.top = base + n + nl
+                out.grow(base + n + 2 * len(body))
             job = (out, base + n, fi, body, n + 1, fast)
             if workers > 1 and pool is None and any(p[0] == "job" for p in pending):
                 pool = ThreadPoolExecutor(workers)
                 pending = deque(("fut", pool.submit(_chunk_job, *p[1]), *p[2:]) if p[0] == "job" else p
                                 for p in pending)
-            pending.append(("fut", pool.submit(_chunk_job, *job), n, nl) if pool else ("job", job, n, nl))
+            pending.append(("fut", pool.submit(_chunk_job, *job), n) if pool else ("job", job, n))
             del body, job
             while pending and (workers == 1 or pending[0][0] not in ("job", "fut")
                                or pool is not None and (len(pending) > workers or pending[0][1].done())):
-                yield _done(pending.popleft())
+                yield _done(pending.popleft(), out, base)
         while pending:
-            yield _done(pending.popleft())
+            yield _done(pending.popleft(), out, base)
     finally:
         for p in pending:
             if p[0] == "fut":
@@ -1006,20 +1008,22 @@ def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> It
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _done(p: tuple) -> tuple:
-    if p[0] == "job":
-        return ("lines", *_chunk_job(*p[1]), *p[2:])
-    if p[0] == "fut":
-        return ("lines", *p[1].result(), *p[2:])
-    return p
+def _done(p: tuple, out: _Out, base: int) -> tuple:
+    if p[0] not in ("job", "fut"):
+        return p
+    r = ("lines", *(_chunk_job(*p[1]) if p[0] == "job" else p[1].result()), p[2])
+    out.top = max(out.top, base + r[5] + r[4])
+    return r
 
 
-def _lines_estimate(path: str) -> int:
-    """Rows to reserve for a file: its size / 32 bytes for plain text (blkparse's event lines are longer; more
-    rows are added when needed), 1 M for a compressed file."""
+def _lines_estimate(path: str, chunk_bytes: int) -> int:
+    """Rows to reserve for a file: for plain text, its size / 32 bytes (blkparse's event lines are longer) and room
+    for one block of a row per byte, at most its size; 1 M for a compressed file. More are added when needed; rows
+    never written take no memory."""
     try:
         if fileio.compression(path) is None:
-            return os.path.getsize(path) // 32 + 1024
+            size = os.path.getsize(path)
+            return min(size, size // 32 + chunk_bytes) + 1024
     except OSError:
         pass
     return 1 << 20
@@ -1049,7 +1053,7 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
             raise fileio.TraceError(f"{path}: not blkparse text (binary content; a blktrace file? use format "
                                     f"'blktrace')")
         stream = fileio.Stream(path, size=chunk_bytes)
-        out.grow(out.top + _lines_estimate(path))
+        out.grow(out.top + _lines_estimate(path, chunk_bytes))
         line0 = 1
         rej_rows = []
         other = []  # (line, length, reason, text): over-long lines, the last line when it has no newline
@@ -1062,7 +1066,7 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
                 other.append((n + 1, length, reason, text[:256].decode("utf-8", "replace")))
                 truncated.append({"file": path, "line": n + 1, "reason": "last line has no newline"})
             else:
-                _, rec, rej, part_summary, n, nl = item
+                _, rec, rej, part_summary, nl, n = item
                 recs.append(rec)
                 rej_rows += rej
                 if "events" in part_summary:
