@@ -4,6 +4,9 @@
     python benchmarks/bench_qemu.py --small         # 500 k lines, 200 k records
     python benchmarks/bench_qemu.py --simpletrace DIR   # folder with QEMU's simpletrace.py + tracetool/
 
+CPU seconds are the reader's process plus its worker processes (a big uncompressed input is read by two
+processes; ``--workers 1`` measures one). ``--only log|simple`` runs one half.
+
 Log backend: the real logs of traces/ (timestamped ones), copied with every copy shifted in time, parsed by
 ``toolkit.parsers.qemu_log`` in a fresh subprocess: lines/s and peak RSS (ru_maxrss). Simple backend: the real
 events written in file format v4, replicated to the wanted record count; ``toolkit.parsers.qemu_simple`` and
@@ -32,10 +35,13 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import numpy, pandas, pyarrow, pyarrow.compute  # imports are not timed
-t, c = time.perf_counter(), time.process_time()
+def kids():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+t, c, k = time.perf_counter(), time.process_time(), kids()
 {code}
-dt, dc = time.perf_counter() - t, time.process_time() - c
-print(json.dumps({{"seconds": dt, "cpu_s": dc, "rows": n,
+dt, dc, dk = time.perf_counter() - t, time.process_time() - c, kids() - k
+print(json.dumps({{"seconds": dt, "cpu_s": dc + dk, "cpu_parent_s": dc, "cpu_workers_s": dk, "rows": n,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -101,33 +107,41 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="500 k lines, 200 k records")
     ap.add_argument("--simpletrace", default=os.environ.get("QEMU_SIMPLETRACE_DIR", "/work/.cache/qemu-simpletrace"))
     ap.add_argument("--skip-simpletrace", action="store_true")
+    ap.add_argument("--workers", type=int, default=None, help="processes per file (default: the reader's choice)")
+    ap.add_argument("--only", choices=("log", "simple"), default=None)
     a = ap.parse_args()
     if a.small:
         a.lines, a.records = 500_000, 200_000
     res: dict = {}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        log = d / "qemu.log"
-        n = build_log(log, a.lines)
-        r = run_child(f"from toolkit.parsers import qemu_log\nr = qemu_log.parse({str(log)!r})\nn = len(r.events)")
-        assert r["rows"] == n
-        res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
-                           "lines_per_s": round(n / r["seconds"])}
-        print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
-              f"{n / r['seconds'] / 1e6:.2f} M lines/s (cpu {r['cpu_s']:.2f} s: {n / r['cpu_s'] / 1e6:.2f} M/s)  "
-              f"peak {r['maxrss_mb']:.0f} MB")
-        log.unlink()
+        wk = f", workers={a.workers}" if a.workers else ""
+        if a.only != "simple":
+            log = d / "qemu.log"
+            n = build_log(log, a.lines)
+            r = run_child(f"from toolkit.parsers import qemu_log\nr = qemu_log.parse({str(log)!r}{wk})\n"
+                          "n = len(r.events)")
+            assert r["rows"] == n
+            res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
+                               "lines_per_s": round(n / r["seconds"])}
+            print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
+                  f"{n / r['seconds'] / 1e6:.2f} M lines/s (cpu {r['cpu_s']:.2f} s: {n / r['cpu_s'] / 1e6:.2f} M/s,"
+                  f" workers {r['cpu_workers_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB")
+            log.unlink()
+        if a.only == "log":
+            print(json.dumps(res))
+            return
         st, tef = d / "trace-1", d / "trace-events-all"
         n = build_simple(st, tef, a.records)
         r = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                      f"trace_events={str(tef)!r})\nn = len(r.events)")
+                      f"trace_events={str(tef)!r}{wk})\nn = len(r.events)")
         assert r["rows"] == n
         res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
                               "records_per_s": round(n / r["seconds"])}
         print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
               f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB")
         r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                       f"trace_events={str(tef)!r}, args_text=False)\nn = len(r.events)")
+                       f"trace_events={str(tef)!r}, args_text=False{wk})\nn = len(r.events)")
         res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
         print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
               f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB")

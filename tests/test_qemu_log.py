@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import QEMU_LOGS, TRACES
 
@@ -208,3 +209,72 @@ def test_small_chunks_same_result(tmp_path):
     a = qemu_log.parse(src)
     b = qemu_log.parse(src, chunk_size=4096)
     assert a.events.drop(columns=["file"]).equals(b.events.drop(columns=["file"]))
+
+
+def _assert_same(a, b) -> None:
+    pd.testing.assert_frame_equal(a.events, b.events, check_exact=True)
+    pd.testing.assert_frame_equal(a.rejects, b.rejects, check_exact=True)
+    assert a.meta == b.meta
+
+
+def _noisy_log(tmp_path, long_line: bool = False):
+    """A real log (5 times: 1.4 MB) with stderr noise every 300 lines, (optionally) a line of 1.1 MB (over
+    fileio.MAX_LINE) near the end, and a cut last line."""
+    raw = lzma.decompress((TRACES / "qcow2file-none" / "qemu-vm.log.xz").read_bytes()).split(b"\n")[:-1]
+    out = []
+    for i, ln in enumerate(raw * 5):
+        if i % 300 == 299:
+            out += [b"qemu-system-x86_64: warning: something", b""]
+        out.append(ln)
+    if long_line:
+        out.insert(len(out) - 20, b"x" * (1100 << 10))
+    p = tmp_path / "q.log"
+    p.write_bytes(b"\n".join(out) + b"\n" + raw[5][:25])
+    return p
+
+
+@pytest.mark.parametrize("long_line", [False, True])
+def test_two_processes_same_result(tmp_path, monkeypatch, long_line):
+    p = _noisy_log(tmp_path, long_line)
+    calls = []
+    split = qemu_log._parse_split
+    monkeypatch.setattr(qemu_log, "_parse_split", lambda *a, **k: calls.append(1) or split(*a, **k))
+    # blocks of 16 KB: several blocks, as in any file big enough for two processes (a one-block table keeps
+    # the block's category order)
+    one = qemu_log.parse(p, workers=1, chunk_size=16 << 10)
+    assert not calls
+    two = qemu_log.parse(p, workers=2, parallel_min=0, chunk_size=16 << 10)
+    assert calls, "the two-process path did not run"
+    assert len(one.rejects) > 10 and one.meta["truncated"] and len(one.events) > 2000
+    assert one.rejects["pos"].iloc[-1] > one.meta["lines"] // 2  # rejects in the child's half too
+    _assert_same(two, one)
+    pd.testing.assert_frame_equal(qemu_log.parse(p, workers=1).events, one.events, check_categorical=False)
+
+
+@pytest.mark.parametrize("s,f", QEMU_LOGS[::3], ids=[f"{s}/{f}" for s, f in QEMU_LOGS[::3]])
+def test_parse_iter_chunks_concatenate_to_parse(s, f):
+    path = TRACES / s / f
+    ref = qemu_log.parse(path, chunk_size=16 << 10)
+    chunks = list(qemu_log.parse_iter(path, chunk_size=16 << 10))
+    assert len(chunks) > 3
+    _assert_same(qemu_log.concat(chunks), ref)
+    # the default blocks (one here): the same rows (a one-block table keeps the block's category order)
+    pd.testing.assert_frame_equal(qemu_log.concat(qemu_log.parse_iter(path)).events, qemu_log.parse(path).events,
+                                  check_exact=True)
+    pos = np.concatenate([c.events["pos"].to_numpy() for c in chunks])
+    assert (pos == ref.events["pos"].to_numpy()).all()
+    assert [c.meta["lines"] for c in chunks] == sorted(c.meta["lines"] for c in chunks)
+    assert chunks[-1].meta == ref.meta
+
+
+def test_parse_iter_cut_inputs_and_several_files(tmp_path):
+    data = (TRACES / "raw-unsafe" / "qemu-vm.log.xz").read_bytes()
+    cut_xz = tmp_path / "q.log.xz"
+    cut_xz.write_bytes(data[: len(data) // 2])
+    noisy = _noisy_log(tmp_path)
+    for paths in ([cut_xz], [noisy], [noisy, cut_xz, TRACES / "raw-none-bare" / "qemu-vm.log.xz"]):
+        ref = qemu_log.parse(paths, chunk_size=32 << 10)
+        assert ref.meta["truncated"] and len(ref.events)
+        chunks = list(qemu_log.parse_iter(paths, chunk_size=32 << 10))
+        _assert_same(qemu_log.concat(chunks), ref)
+        assert sum(len(c.rejects) for c in chunks) == len(ref.rejects) > 0

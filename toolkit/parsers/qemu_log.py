@@ -91,7 +91,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
     nw = _workers(workers)
     for path in _path_list(paths):
         name = fileio.display_name(path, base)
-        cut = _split_point(path, parallel_min) if nw > 1 else None
+        cut = _split_point(path, parallel_min, chunk_size) if nw > 1 else None
         parts = (_file_parts(path, name, chunk_size, acc) if cut is None
                  else _parse_split(path, name, chunk_size, acc, cut))
         for ev, rej in parts:
@@ -198,24 +198,27 @@ def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
     """(events or None, rejects) per block of one file, in file order; ``acc`` gets the lines, styles, cuts.
 
     ``span=(start, stop)``: only those bytes of an uncompressed file (``start`` at a line start; its lines are
-    numbered from 1 and it is not checked for garbage unless it starts the file).
+    numbered from 1 and it is not checked for garbage unless it starts the file); ``acc['long']`` is set when
+    a line is longer than fileio.MAX_LINE (how such a line is read depends on where the blocks are cut).
     """
-    if span is None:
+    if span is None and fileio.compression(path) is not None:
         # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
         st: fileio.Stream | None = fileio.Stream(path, min(chunk_size, READ_SIZE))
-        reads: Iterable[bytes] = st
+        items = fileio.line_blocks(_blocks(st, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT)))
         check = True
     else:
         st = None
-        reads = _range_reads(path, span[0], span[1], min(chunk_size, READ_SIZE))
-        check = span[0] == 0
+        start, stop = span if span is not None else (0, None)
+        items = _plain_line_blocks(path, start, stop, chunk_size)
+        check = start == 0
     styles = acc["styles"]
+    stats: dict | None = {} if span is not None else None
     line0 = 0  # lines before the current block
     seen = nev = nrej = 0  # bytes, events, rejects (garbage is refused early, not kept as millions of rejects)
-    for item in fileio.line_blocks(_blocks(reads, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT))):
+    for item in items:
         if item[0] == "lines":
-            _, block, line0 = item
-            ev, rej, n, sty = _parse_block(block, name, line0)
+            block = item[1]
+            ev, rej, n, sty = _parse_block(block, name, line0, stats)
             first = seen == 0
             seen += len(block)
             nev += len(ev)
@@ -229,12 +232,17 @@ def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
             acc["events"] += len(ev)
             acc["untimed"] += int(ev["time_ns"].isna().sum())
             acc["rejects"] += len(rej)
+            if stats is not None and stats.get("max_line", 0) > fileio.MAX_LINE:
+                acc["long"] = True
             yield ev, rej
             continue
         # an over-long line (skipped, not held in memory), or the last line without its newline
         _, a, b, c = item
-        text, ln, length = (c, a + 1, b) if item[0] == "long" else (a, b + 1, c)
+        text, length = (c, b) if item[0] == "long" else (a, c)
+        ln = line0 + 1
         reason = "line too long" if length > fileio.MAX_LINE else "truncated line"
+        if length > fileio.MAX_LINE:
+            acc["long"] = True
         line0 = ln
         if item[0] == "tail":
             acc["truncated"].append({"file": name, "line": ln, "reason": "last line has no newline"})
@@ -247,17 +255,69 @@ def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
     acc["lines"] += line0
 
 
-def _range_reads(path: str | os.PathLike, start: int, stop: int, size: int) -> Iterator[bytes]:
-    """Reads of at most ``size`` bytes of the byte range [start, stop) of an uncompressed file."""
+def _plain_line_blocks(path: str | os.PathLike, start: int, stop: int | None, chunk_size: int,
+                       max_line: int = fileio.MAX_LINE) -> Iterator[tuple]:
+    """``fileio.line_blocks`` of the blocks ``_blocks`` makes of an uncompressed file's bytes [start, stop),
+    item for item (line counts left to the caller: -1), each block read straight into one buffer (no joins)."""
+    rs = min(chunk_size, READ_SIZE)
+
+    def whole_reads(want: int) -> int:  # _blocks joins whole reads until it has ``want`` bytes
+        return -(-want // rs) * rs
+
+    want = whole_reads(min(chunk_size, NO_EVENT_LIMIT))
+    carry = b""
+    skip: list | None = None  # [length so far, head] of an over-long line
     try:
         with open(path, "rb") as f:
+            if stop is None:
+                stop = os.fstat(f.fileno()).st_size
             f.seek(start)
-            left = stop - start
-            while left > 0 and (b := f.read(min(size, left))):
-                left -= len(b)
-                yield b
+            pos = start
+            while pos < stop:
+                m = min(want, stop - pos)
+                want = whole_reads(chunk_size)
+                lc = len(carry)
+                data = bytearray(lc + m)
+                data[:lc] = carry
+                view = memoryview(data)
+                got = 0
+                while got < m and (r := f.readinto(view[lc + got:])):
+                    got += r
+                pos += m
+                if got < m:  # the file shrank while read
+                    del view
+                    del data[lc + got:]
+                    view = memoryview(data)
+                    stop = pos
+                base = 0
+                if skip is not None:
+                    nl = data.find(b"\n", lc)
+                    if nl < 0:
+                        skip[0] += got
+                        continue
+                    skip[0] += nl - lc
+                    yield ("long", -1, skip[0], skip[1])
+                    skip = None
+                    base = nl + 1
+                cut = data.rfind(b"\n", base)
+                if cut < 0:
+                    if len(data) - base > max_line:
+                        skip = [len(data) - base, bytes(view[base:base + 256])]
+                        carry = b""
+                    else:
+                        carry = bytes(view[base:])
+                    continue
+                carry = bytes(view[cut + 1:])
+                yield ("lines", view[base:cut + 1], -1)
+                if len(carry) > max_line:
+                    skip = [len(carry), carry[:256]]
+                    carry = b""
     except OSError as e:
         raise fileio.TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    if skip is not None:
+        yield ("tail", skip[1], -1, skip[0])
+    elif carry:
+        yield ("tail", carry, -1, len(carry))
 
 
 # ------------------------------------------------------------------------------------------- two processes
@@ -271,13 +331,17 @@ def _workers(workers: int | None) -> int:
     return 2 if (workers or 0) >= 2 or (os.cpu_count() or 1) >= 2 else 1
 
 
-def _split_point(path: str | os.PathLike, parallel_min: int) -> int | None:
-    """A line start near the middle of an uncompressed file of at least ``parallel_min`` bytes, or None."""
+def _split_point(path: str | os.PathLike, parallel_min: int, chunk_size: int) -> int | None:
+    """A line start near the middle of an uncompressed file of at least ``parallel_min`` bytes, or None.
+
+    The first half holds at least the whole first block (the one checked for garbage)."""
+    rs = min(chunk_size, READ_SIZE)
+    first = -(-min(chunk_size, NO_EVENT_LIMIT) // rs) * rs
     try:
         if fileio.compression(path) is not None:
             return None
         size = os.path.getsize(path)
-        if size < max(parallel_min, 2 * NO_EVENT_LIMIT):
+        if size < parallel_min or size // 2 < first:
             return None
         with open(path, "rb") as f:
             f.seek(size // 2 - 1)
@@ -295,8 +359,17 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
                  cut: int) -> list[tuple[pd.DataFrame | None, pd.DataFrame]]:
     """The parts of the two halves of a file: [0, cut) here, [cut, end) in a forked child (its tables come back
     through a temporary file, pickled with out-of-band buffers and mapped, not copied). Lines of the second
-    half are renumbered after the first; if the child fails, the second half is read here."""
+    half are renumbered after the first; if the child fails, the second half is read here; if a line is longer
+    than fileio.MAX_LINE, the file is read again by one process (the result depends on where blocks are cut).
+    """
     size = os.path.getsize(path)
+    pacc = _new_acc()
+    it = _file_parts(path, name, chunk_size, pacc, span=(0, cut))
+    first = []
+    for part in it:  # up to the first block of lines: garbage is refused before the child starts
+        first.append(part)
+        if part[0] is not None:
+            break
     fd, tmp = tempfile.mkstemp(prefix="writeorder-qemu-log-", dir=_shm_dir())
     pid = os.fork()
     if pid == 0:  # the child: the second half
@@ -311,7 +384,7 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
             os._exit(code)
     os.close(fd)
     try:
-        first = list(_file_parts(path, name, chunk_size, acc, span=(0, cut)))
+        first.extend(it)
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -325,13 +398,18 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
     if second is None:  # the child failed: the same work here
         cacc = _new_acc()
         second = list(_file_parts(path, name, chunk_size, cacc, span=(cut, size)))
-    off = acc["lines"]
-    for k, v in cacc["styles"].items():
-        acc["styles"][k] = acc["styles"].get(k, 0) + v
-    acc["truncated"] += [{**t, "line": t["line"] + off} for t in cacc["truncated"]]
-    acc["notes"] += cacc["notes"]
-    for k in ("lines", "events", "untimed", "rejects"):
-        acc[k] += cacc[k]
+    if pacc.get("long") or cacc.get("long"):  # lines over MAX_LINE: read as one process would
+        del first, second
+        return list(_file_parts(path, name, chunk_size, acc))
+    off = pacc["lines"]
+    cacc["truncated"] = [{**t, "line": t["line"] + off} for t in cacc["truncated"]]
+    for part in (pacc, cacc):
+        for k, v in part["styles"].items():
+            acc["styles"][k] = acc["styles"].get(k, 0) + v
+        acc["truncated"] += part["truncated"]
+        acc["notes"] += part["notes"]
+        for k in ("lines", "events", "untimed", "rejects"):
+            acc[k] += part[k]
     return first + [(None if ev is None else _shift_pos(ev, off), _shift_pos(rej, off)) for ev, rej in second]
 
 
@@ -418,7 +496,8 @@ def _blocks(st: Iterable[bytes], size: int, first: int | None = None) -> Iterato
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.DataFrame, int, dict[str, int]]:
+def _parse_block(data: bytes | memoryview, file: str, line0: int,
+                 stats: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int, dict[str, int]]:
     """Parse complete lines (``data`` ends with a newline). Returns events, rejects, line count, style counts.
 
     Fast path in numpy over the bytes for the two common shapes (``TID@SEC.USEC:event`` and bare ``event``);
@@ -427,9 +506,9 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.max(initial=0) >= 0x80:
         try:
-            data.decode("utf-8")
+            str(data, "utf-8")
         except UnicodeDecodeError:  # binary noise: replace invalid bytes so that Arrow strings stay valid UTF-8
-            data = data.decode("utf-8", errors="replace").encode("utf-8")
+            data = str(data, "utf-8", errors="replace").encode("utf-8")
             buf = np.frombuffer(data, dtype=np.uint8)
     # one scan for every byte class of interest: newline, space, ':', '@', '.'
     pos = _byte_positions(buf, (10, 32, 58, 64, 46))
@@ -441,6 +520,8 @@ def _parse_block(data: bytes, file: str, line0: int) -> tuple[pd.DataFrame, pd.D
     s[0] = 0
     s[1:] = nl[:-1] + 1
     e = nl.astype(np.int64)
+    if stats is not None and n:
+        stats["max_line"] = int((e - s).max())
     lineno = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
 
     issp = cls == 32
@@ -921,7 +1002,7 @@ def _build_events(core: dict, file: str) -> pd.DataFrame:
     cols["state"] = _states(ev, args, k)
     cols["file"] = pd.Categorical.from_codes(np.zeros(k, dtype=np.int8), categories=[file])
     cols["pos"] = core["pos"]
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols, copy=False)
 
 
 def _typed_args(args: pa.Array, k: int) -> dict[str, pd.api.extensions.ExtensionArray]:
