@@ -24,13 +24,18 @@ def cache(tmp_path, monkeypatch):
 def parses(monkeypatch):
     """Counts the traces actually parsed (by path)."""
     calls: list[str] = []
-    real = store.parse_trace
+    real, real_iter = store.parse_trace, store.parse_trace_iter
 
     def counting(t):
         calls.append(t.path)
         return real(t)
 
+    def counting_iter(t):
+        calls.append(t.path)
+        return real_iter(t)
+
     monkeypatch.setattr(store, "parse_trace", counting)
+    monkeypatch.setattr(store, "parse_trace_iter", counting_iter)
     return calls
 
 

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -219,70 +219,169 @@ def _dev_values(t: Trace, ev: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     return codes, names
 
 
-def write_trace(base: Path, t: Trace, res: ParseResult, files: list[dict]) -> dict:
-    """Write one trace's events (partitioned by device) and rejects; returns its store.json entry."""
+def parse_trace_iter(t: Trace) -> Iterator[ParseResult]:
+    """Parse one trace's files in chunks (``parsers.parse_iter``); ``meta`` normalised as in ``parse_trace``."""
+    for res in parsers.parse_iter(t.format, t.files):
+        res.meta = json.loads(json.dumps(_keys(res.meta), default=_jsonable, sort_keys=True))
+        yield res
+
+
+class _Summary:
+    """``summarise`` accumulated over the chunks of a trace."""
+
+    def __init__(self, t: Trace) -> None:
+        self.col = "event" if t.format.startswith("qemu") else "action"
+        self.events = self.rejects = 0
+        self.first: int | None = None
+        self.last: int | None = None
+        self.counts: dict[str, int] = {}
+
+    def add(self, res: ParseResult) -> None:
+        ev = res.events
+        self.events += len(ev)
+        self.rejects += len(res.rejects)
+        for k, v in ev[self.col].astype(str).value_counts().items():
+            self.counts[str(k)] = self.counts.get(str(k), 0) + int(v)
+        times = ev["time_ns"].dropna()
+        if len(times):
+            lo, hi = int(times.min()), int(times.max())
+            self.first = lo if self.first is None else min(self.first, lo)
+            self.last = hi if self.last is None else max(self.last, hi)
+
+    def result(self, meta: dict) -> dict:
+        return {"events": self.events, "rejects": self.rejects, "first_ns": self.first, "last_ns": self.last,
+                "clock": meta.get("clock"), "actions": {k: self.counts[k] for k in sorted(self.counts)}}
+
+
+def _merge_categories(seen: list[str] | None, new: list[str]) -> list[str]:
+    """A chunk's categories after the earlier chunks' (``parsers.parse_iter``: the newest list holds them all)."""
+    if seen is None or set(seen) <= set(new):
+        return new
+    have = set(seen)
+    return seen + [x for x in new if x not in have]
+
+
+def write_trace(base: Path, t: Trace, res: ParseResult | Iterable[ParseResult], files: list[dict]) -> dict:
+    """Write one trace's events (partitioned by device) and rejects; returns its store.json entry.
+
+    ``res`` is the parsed trace or its chunks (``parsers.parse_iter``), written one at a time."""
+    return _write_chunks(base, t, [res] if isinstance(res, ParseResult) else res, files)[0]
+
+
+def _write_chunks(base: Path, t: Trace, chunks: Iterable[ParseResult], files: list[dict]
+                  ) -> tuple[dict, ParseResult | None]:
+    """Write the chunks of one trace; returns (its store.json entry, the result when it came as one chunk)."""
     key, fp = trace_key(t), _fp_hash(files)
     kind = kind_of(t.format)
     schema = schema_for(t.format)
-    ev = res.events
-    codes, devs = _dev_values(t, ev)
-    parts = []
-    writers: dict[int, pq.ParquetWriter] = {}
-    tmps: dict[int, tuple[str, Path]] = {}
+    writers: dict[str, pq.ParquetWriter] = {}
+    tmps: dict[str, tuple[str, Path]] = {}
+    summary = _Summary(t)
+    cats: dict[str, list[str]] = {}
+    rejects: list[pd.DataFrame] = []
+    row = 0
+    nchunks = 0
+    single: ParseResult | None = None
+    meta: dict = {}
+    last_ev = None
+
+    def writer(dev: str, schema_: pa.Schema) -> pq.ParquetWriter:
+        if dev not in writers:
+            rel = (f"{kind}/node={quote(t.node, safe='')}/layer={quote(t.layer, safe='')}/"
+                   f"dev={quote(dev, safe='')}/trace={key}/{fp}.parquet")
+            path = base / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{fp}.{os.getpid()}.tmp")
+            writers[dev] = pq.ParquetWriter(tmp, schema_, compression="zstd")
+            tmps[dev] = (rel, tmp)
+        return writers[dev]
+
     try:
-        for s in range(0, max(len(ev), 1), ROW_GROUP):
-            chunk = ev.iloc[s:s + ROW_GROUP].copy()
-            chunk["_row"] = np.arange(s, s + len(chunk), dtype=np.int64)
+        for res in chunks:
+            nchunks += 1
+            single = res if nchunks == 1 else None
+            ev = res.events
+            codes, devs = _dev_values(t, ev)
+            for s in range(0, len(ev), ROW_GROUP):
+                chunk = ev.iloc[s:s + ROW_GROUP].copy()
+                chunk["_row"] = np.arange(row + s, row + s + len(chunk), dtype=np.int64)
+                tbl = _to_arrow(chunk, schema)
+                cc = codes[s:s + ROW_GROUP]
+                present = np.unique(cc)
+                for c in present.tolist():
+                    part = tbl if len(present) == 1 else tbl.filter(pa.array(cc == c))
+                    writer(devs[c], part.schema).write_table(part, row_group_size=ROW_GROUP)
+                del tbl, chunk
+            row += len(ev)
+            summary.add(res)
+            for c in ev.columns:
+                if isinstance(ev[c].dtype, pd.CategoricalDtype):
+                    cats[c] = _merge_categories(cats.get(c), [str(x) for x in ev[c].cat.categories])
+            if len(res.rejects):
+                rejects.append(res.rejects)
+            meta = res.meta
+            last_ev = ev.iloc[:0]
+            del ev, res
+        if not writers and last_ev is not None:  # no events: one empty part keeps the schema
+            chunk = last_ev.copy()
+            chunk["_row"] = np.zeros(0, dtype=np.int64)
             tbl = _to_arrow(chunk, schema)
-            cc = codes[s:s + ROW_GROUP]
-            present = np.unique(cc) if len(cc) else np.array([0])
-            for c in present.tolist():
-                part = tbl if len(present) == 1 else tbl.filter(pa.array(cc == c))
-                if c not in writers:
-                    rel = (f"{kind}/node={quote(t.node, safe='')}/layer={quote(t.layer, safe='')}/"
-                           f"dev={quote(devs[c], safe='')}/trace={key}/{fp}.parquet")
-                    path = base / rel
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".{fp}.{os.getpid()}.tmp")
-                    writers[c] = pq.ParquetWriter(tmp, part.schema, compression="zstd")
-                    tmps[c] = (rel, tmp)
-                writers[c].write_table(part, row_group_size=ROW_GROUP)
-            del tbl, chunk
-    finally:
+            _, devs = _dev_values(t, last_ev)
+            writer(devs[0] if devs else "-", tbl.schema).write_table(tbl, row_group_size=ROW_GROUP)
+    except BaseException:
         for w in writers.values():
             w.close()
-    for c in sorted(tmps):
-        rel, tmp = tmps[c]
+        for _, tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for w in writers.values():
+        w.close()
+    names = sorted(d for d in tmps if d != "-") + (["-"] if "-" in tmps else [])
+    parts = []
+    for d in names:
+        rel, tmp = tmps[d]
         os.replace(tmp, base / rel)
         parts.append(rel)
+    rj = pd.concat(rejects, ignore_index=True) if rejects else REJECTS.empty()
+    if nchunks > 1 and len(rj):  # chunks give a file's rejects when it is read: parse() lists them by file
+        rank = {f: i for i, f in enumerate(t.files)}
+        rj = rj.iloc[np.argsort(rj["file"].map(lambda f: rank.get(f, len(rank))).to_numpy(), kind="stable")]
+        rj = rj.reset_index(drop=True)
     rj_rel = f"rejects/{key}-{fp}.parquet"
     (base / "rejects").mkdir(parents=True, exist_ok=True)
     rtmp = base / "rejects" / f".{key}-{fp}.{os.getpid()}.tmp"
-    pq.write_table(_to_arrow(res.rejects, REJECTS), rtmp, compression="zstd")
+    pq.write_table(_to_arrow(rj, REJECTS), rtmp, compression="zstd")
     os.replace(rtmp, base / rj_rel)
-    cats = {c: [str(x) for x in ev[c].cat.categories] for c in ev.columns if isinstance(ev[c].dtype,
-                                                                                         pd.CategoricalDtype)}
-    return {"key": key, "fp": fp, "node": t.node, "layer": t.layer, "path": t.path, "format": t.format,
-            "kind": kind, "parser": parser_version(), "files": files, "paths": list(t.files), "parts": parts,
-            "devices": devs, "rejects_part": rj_rel, "events": int(len(ev)), "rejects": int(len(res.rejects)),
-            "categories": cats, "meta": res.meta, "summary": summarise(t, res)}
+    entry = {"key": key, "fp": fp, "node": t.node, "layer": t.layer, "path": t.path, "format": t.format,
+             "kind": kind, "parser": parser_version(), "files": files, "paths": list(t.files), "parts": parts,
+             "devices": names, "rejects_part": rj_rel, "events": int(row), "rejects": int(len(rj)),
+             "categories": cats, "meta": meta, "summary": summary.result(meta)}
+    return entry, single
 
 
 def ingest_trace(base: Path, root: Path, t: Trace, known: dict | None, use_cache: bool = True
                  ) -> tuple[dict | None, ParseResult | None, str | None]:
-    """Bring one trace into the store: (entry, the parsed result when it was parsed now, a note). ``root``: the
-    set's folder (file names are recorded relative to it). When nothing was stored (``use_cache`` false, or the
-    write failed) the entry is ``{"summary": ..., "stored": False}``."""
+    """Bring one trace into the store: (entry, the parsed result, a note). ``root``: the set's folder (file names
+    are recorded relative to it). The trace is parsed and written chunk by chunk (``parsers.parse_iter``), so
+    memory follows the chunk size, not the trace: the result is returned only when the trace came as one chunk
+    (else None: read it back with ``read_trace``). When nothing was stored (``use_cache`` false, or the write
+    failed) the trace is parsed whole, the result returned, and the entry is ``{"summary": ..., "stored": False}``."""
     files = _files_of(t, known, root)
     if use_cache and _same_source(known, files, t.format) and all((base / p).exists() for p in
                                                                  [*known["parts"], known["rejects_part"]]):
         return known, None, None
-    res = parse_trace(t)
     if not use_cache:
+        res = parse_trace(t)
         return {"summary": summarise(t, res), "stored": False}, res, None
     try:
-        return write_trace(base, t, res, files), res, None
+        try:
+            entry, res = _write_chunks(base, t, parse_trace_iter(t), files)
+        except parsers.NotTimeOrdered:  # records too far out of time order to stream: the whole trace at once
+            res = parse_trace(t)
+            entry = write_trace(base, t, res, files)
+        return entry, res, None
     except OSError as e:  # a store that cannot be written only costs speed; say so
+        res = parse_trace(t)
         return ({"summary": summarise(t, res), "stored": False}, res,
                 f"Parquet cache not written ({base}: {e.strerror})")
 

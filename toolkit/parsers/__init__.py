@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,3 +104,39 @@ def small_unique(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lut = np.zeros(len(present), dtype=np.int32)
     lut[uniq] = np.arange(len(uniq), dtype=np.int32)
     return uniq, lut[x]
+
+
+class NotTimeOrdered(ValueError):
+    """A chunked reader met a record older than rows it already emitted; ``parse()`` reads such input whole."""
+
+
+def _module(fmt: str, paths: list[str]):
+    """The parser module of format ``fmt``."""
+    import importlib
+
+    names = {"blktrace": "blktrace", "blkparse": "blkparse", "qemu-log": "qemu_log", "qemu-simple": "qemu_simple"}
+    if fmt not in names:
+        raise fileio.TraceError(f"{paths[0] if paths else '?'}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return importlib.import_module(f"toolkit.parsers.{names[fmt]}")
+
+
+def streams(fmt: str) -> bool:
+    """Whether the parser of ``fmt`` reads in chunks (has ``parse_iter``)."""
+    return hasattr(_module(fmt, []), "parse_iter")
+
+
+def parse_iter(fmt: str, paths: list[str], **kw) -> Iterator[ParseResult]:
+    """Parse ``paths`` in format ``fmt`` as consecutive chunks of the table ``parse()`` returns.
+
+    The protocol of a module's ``parse_iter(paths, **kw)``: each chunk's ``events`` conform to the format's
+    schema and, concatenated, are ``parse()``'s events; a chunk's categorical columns list every value seen in
+    that chunk or before, in the order ``parse()`` gives them (so the last chunk's categories are parse()'s);
+    ``rejects`` come with some chunk, and ordered stably by the file's place in ``paths`` they are parse()'s;
+    ``meta`` is complete on the last chunk. A reader may raise :class:`NotTimeOrdered` (then use ``parse()``).
+    Formats without ``parse_iter`` yield ``parse()``'s result as one chunk.
+    """
+    mod = _module(fmt, paths)
+    if hasattr(mod, "parse_iter"):
+        yield from mod.parse_iter(paths, **kw)
+    else:
+        yield mod.parse(paths, **kw)

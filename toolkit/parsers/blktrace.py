@@ -21,7 +21,7 @@ import ctypes
 import mmap
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ from toolkit.events import (
     op_from_category,
     rwbs_from_category,
 )
-from toolkit.parsers import ParseResult, reject_rows
+from toolkit.parsers import NotTimeOrdered, ParseResult, reject_rows
 
 MAGIC = 0x65617400
 VERSION = 7
@@ -306,7 +306,16 @@ class _Class:
 
 
 def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
-    """Record offsets in one whole file ``mv`` and the rejected (pos, length, reason) ranges.
+    """Record offsets in one whole file ``mv`` and the rejected (pos, length, reason) ranges (see ``_scan``)."""
+    offs, rejects, _ = _scan(mv, order, True)
+    return offs, rejects
+
+
+def _scan(mv: memoryview, order: str, final: bool) -> tuple[np.ndarray, list[tuple[int, int, str]], int]:
+    """Record offsets in ``mv``, the rejected (pos, length, reason) ranges, and the bytes consumed.
+
+    ``final``: ``mv`` runs to the end of the file; otherwise what cannot be decided yet (a record cut by the end
+    of ``mv``, damage without a resynchronisation point) is left unconsumed for the next call with more bytes.
 
     The same result as ``_walk(mv, order, final=True)``: records that chain (``start + 48 + pdu_len`` is the
     next record) are taken a whole run at a time from the candidates of one alignment class (real records are
@@ -318,7 +327,7 @@ def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[in
     if n >= HEADER:
         c0 = _Class(mv, order, 0)
         if len(c0.cand) and c0.cand[0] == 0 and len(c0.brk) == 1 and c0.nxt[-1] == n:
-            return c0.cand, []  # an intact file: one chain from the first byte to the last
+            return c0.cand, [], n  # intact: one chain from the first byte to the last
         classes: dict[int, _Class] = {0: c0}
     else:
         classes = {}
@@ -351,9 +360,11 @@ def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[in
         if last_general >= 0 and pos - last_general < 2 * window:
             window = min(window * 2, _CAP)  # breaks are dense here: bigger windows, fewer calls
         end = min(n, pos + window)
-        final = end == n
-        offs, rej, consumed = _walk(bytes(mv[pos:end]), order, final)
-        if consumed == 0 and not final:
+        fin = end == n and final
+        offs, rej, consumed = _walk(bytes(mv[pos:end]), order, fin)
+        if consumed == 0 and not fin:
+            if end == n:
+                break  # needs bytes that are not read yet
             window *= 2
             continue
         if len(offs):
@@ -361,8 +372,10 @@ def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[in
         rejects += [(p + pos, ln, r) for p, ln, r in rej]
         last_general = pos
         pos += consumed
+        if end == n and pos < n and not final:
+            break
     offs = np.concatenate(segs) if segs else np.empty(0, dtype=np.int64)
-    return offs.astype(np.int64, copy=False), rejects
+    return offs.astype(np.int64, copy=False), rejects, pos
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -535,6 +548,257 @@ def parse(paths: list[str] | str, chunk_bytes: int = fileio.CHUNK) -> ParseResul
     })
     rj = pd.concat(rejects, ignore_index=True) if rejects else REJECTS.empty()
     return ParseResult(events=events, rejects=rj, meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# streaming: the trace in time-ordered chunks, in memory bounded by the chunk and window sizes
+
+
+#: a file's next records are assumed no earlier than the smallest time among its last this many records read
+_TAIL = 4096
+
+
+class _Reader:
+    """One file of a trace, read a window at a time: its records not yet emitted and the bytes they are in."""
+
+    def __init__(self, path: str, fi: int, window: int) -> None:
+        self.path, self.fi, self.window = path, fi, window
+        self.stream = fileio.Stream(path, size=window)
+        self.it = iter(self.stream)
+        self.buf = np.zeros(0, dtype=np.uint8)
+        self.buf_pos = 0  # file offset of buf[0] (bytes)
+        self.scan = 0  # buf offset where the bytes not yet cut into records start
+        self.offs = np.zeros(0, dtype=np.int64)  # records not yet emitted: buf offsets, ascending
+        self.time = np.zeros(0, dtype=np.int64)
+        self.order: str | None = None
+        self.done = False
+        self.size = 0  # bytes read (decompressed)
+        self.bound: int | None = None  # lower bound of the times of the records not read yet
+        self.rejects: list[tuple[int, int, str, str]] = []
+
+    def _pull(self, need: int) -> tuple[list[bytes], bool]:
+        parts: list[bytes] = []
+        got = 0
+        while got < need:
+            p = next(self.it, None)
+            if p is None:
+                return parts, True
+            parts.append(p)
+            got += len(p)
+        return parts, False
+
+    def read(self, emitted: int | None) -> None:
+        """Read the next window; cut it into records (a file without a magic word at offset 0 first reads 1 MiB,
+        to decide its byte order on the bytes parse() looks at)."""
+        parts, eof = self._pull(self.window)
+        if self.order is None and not eof and sum(map(len, parts)) < 1 << 20:
+            head = b"".join(parts)[:4]
+            if len(head) < 4 or not any(int.from_bytes(head, e) & 0xFFFFFF00 == MAGIC for e in ("little", "big")):
+                more, eof = self._pull((1 << 20) - sum(map(len, parts)))
+                parts += more
+        self.size += sum(map(len, parts))
+        keep = int(self.offs[0]) if len(self.offs) else self.scan
+        self.buf = np.concatenate([self.buf[keep:], *(np.frombuffer(p, dtype=np.uint8) for p in parts)])
+        self.buf_pos += keep
+        self.offs -= keep
+        self.scan -= keep
+        if eof:
+            self.done = True
+        if self.order is None:
+            if not len(self.buf):
+                return
+            self.order = _detect_order(self.path, bytes(self.buf[:1 << 20]))
+        mv = memoryview(self.buf)[self.scan:]
+        offs, rej, consumed = _scan(mv, self.order, eof)
+        base = self.buf_pos + self.scan
+        self.rejects += [(p + base, ln, r, _hexdump(bytes(mv[p:p + min(ln, 48)]))) for p, ln, r in rej]
+        del mv
+        offs += self.scan
+        self.scan += consumed
+        if len(offs):
+            t = _field(self.buf, offs, np.ones(len(offs), dtype=bool) if self.order == ">" else None, "time", "i8")
+            if emitted is not None and (t < emitted).any():
+                raise NotTimeOrdered(f"{self.path}: a record at byte {int(offs[np.argmax(t < emitted)]) + self.buf_pos}"
+                                     " is earlier than rows already emitted (the file is not in time order)")
+            self.offs = np.concatenate([self.offs, offs])
+            self.time = np.concatenate([self.time, t])
+            self.bound = int(t[-_TAIL:].min())
+
+    def take(self, below: int | None) -> tuple[np.ndarray, int, int]:
+        """Remove the pending records with time < ``below`` (all when None): (their offsets, span start, end)."""
+        if below is None:
+            sel = np.arange(len(self.offs))
+        else:
+            sel = np.flatnonzero(self.time < below)
+        if not len(sel):
+            return np.zeros(0, dtype=np.int64), 0, 0
+        offs = self.offs[sel]
+        last = int(offs[-1])
+        pl = int.from_bytes(self.buf[last + 46:last + 48].tobytes(), "little" if self.order == "<" else "big")
+        if len(sel) == len(self.offs):
+            self.offs = self.offs[:0]
+            self.time = self.time[:0]
+        else:
+            rest = np.ones(len(self.offs), dtype=bool)
+            rest[sel] = False
+            self.offs = self.offs[rest]
+            self.time = self.time[rest]
+        return offs, int(offs[0]), last + HEADER + pl
+
+
+def parse_iter(paths: list[str] | str, chunk_bytes: int = fileio.CHUNK, window_bytes: int = fileio.CHUNK,
+               chunk_rows: int = 1 << 21) -> Iterator[ParseResult]:
+    """The table of :func:`parse` in consecutive chunks, in memory bounded by the chunk and window sizes.
+
+    Files are read ``window_bytes`` at a time (decompressed bytes), always the file whose newest records are the
+    oldest (a k-way merge): rows older than every file's next records are emitted, at least ``chunk_rows`` at a
+    time, sorted as parse() sorts. Concatenated, the chunks are parse()'s table, and each chunk conforms to
+    BLOCK_EVENTS. Categorical columns list every value seen in that chunk or before, in parse()'s order, so
+    the last chunk's categories are parse()'s (cast earlier chunks to them before concatenating).
+    ``rejects``: a file's rejects come with the chunk emitted when the file is read to its end; ordered by the
+    file's place in ``paths`` (stable) they are parse()'s. ``meta`` is complete on the last chunk only (earlier
+    chunks carry ``clock``). A file whose records go back in time by more than a window raises
+    :class:`NotTimeOrdered` (parse() reads it); ``chunk_bytes`` is accepted for parse()'s signature.
+    """
+    del chunk_bytes
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    readers = [_Reader(p, fi, max(int(window_bytes), 1 << 12)) for fi, p in enumerate(paths)]
+    st = _State(paths)
+    lost: dict[tuple[str, int], list[np.ndarray]] = {}
+    emitted: int | None = None
+    reported: set[int] = set()
+    any_rows = False
+    while True:
+        active = [r for r in readers if not r.done]
+        for r in active:
+            if r.bound is None:  # every file read once before anything is emitted
+                r.read(emitted)
+        active = [r for r in readers if not r.done]
+        if active and all(r.bound is not None for r in active):
+            min(active, key=lambda r: r.bound).read(emitted)
+            active = [r for r in readers if not r.done]
+        if active and any(r.bound is None for r in active):
+            continue
+        below = min(r.bound for r in active) if active else None
+        pending = sum(int((r.time < below).sum()) if below is not None else len(r.time) for r in readers)
+        if active and pending < chunk_rows:
+            continue
+        df, notify = _emit(readers, below, st)
+        if below is not None:
+            emitted = below if emitted is None else max(emitted, below)
+        rej = [reject_rows(r.path, _merge_rejects(r.rejects)) for r in readers
+               if r.done and r.fi not in reported and r.rejects]
+        reported |= {r.fi for r in readers if r.done}
+        rejects = pd.concat(rej, ignore_index=True) if rej else REJECTS.empty()
+        if len(df):
+            _seq_intervals(df, notify, lost)
+            any_rows = True
+        if not active:
+            if not any_rows:
+                df = BLOCK_EVENTS.empty().assign(file=pd.Categorical([], categories=paths))
+            yield ParseResult(events=df, rejects=rejects, meta=_iter_meta(readers, st, lost))
+            return
+        if len(df) or len(rejects):
+            yield ParseResult(events=df, rejects=rejects, meta={"clock": "monotonic"})
+
+
+def _emit(readers: list[_Reader], below: int | None, st: _State) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of every file older than ``below`` (all: None), in parse()'s order, as a frame."""
+    got = [(r, *r.take(below)) for r in readers]
+    got = [g for g in got if len(g[1])]
+    n = sum(len(g[1]) for g in got)
+    if n == 0:
+        return _empty_chunk(st), np.zeros(0, dtype=bool)
+    size = sum(e - s for _, _, s, e in got)
+    buf = np.empty(size, dtype=np.uint8)
+    offs, fcodes, base, bigs = [], [], np.zeros(len(st.paths), dtype=np.int64), []
+    o = 0
+    for r, off, s, e in got:
+        buf[o:o + e - s] = r.buf[s:e]
+        offs.append(off - s + o)
+        fcodes.append(np.full(len(off), r.fi, dtype=np.int8 if len(st.paths) < 128 else np.int32))
+        base[r.fi] = o - s - r.buf_pos
+        bigs.append(np.full(len(off), r.order == ">", dtype=bool))
+        o += e - s
+    offs = np.concatenate(offs)
+    fc = np.concatenate(fcodes)
+    big = np.concatenate(bigs) if any(r.order == ">" for r, *_ in got) else None
+    time = _field(buf, offs, big, "time", "i8")
+    order = _time_order(time, lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "device"),
+                        lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "sequence"))
+    if order is not None:
+        offs, time, fc = offs[order], time[order], fc[order]
+        if big is not None:
+            big = big[order]
+    return _build(buf, offs, big, time, base, fc, st, threads=True)
+
+
+def _empty_chunk(st: _State) -> pd.DataFrame:
+    """No rows, with the categories seen so far."""
+    df = BLOCK_EVENTS.empty()
+    cats = {"device": list(_dev_str(st.devs)), "action": [_action_label(int(u)) for u in st.acodes],
+            "rwbs": st.rwbs, "op": st.ops, "file": st.paths}
+    for c, labels in cats.items():
+        df[c] = _categorical(np.zeros(0, dtype=np.int32), labels)
+    return df
+
+
+def _seq_intervals(df: pd.DataFrame, notify: np.ndarray, acc: dict) -> None:
+    """Add the sequence numbers of a chunk to ``acc``: per (device, cpu) stream, the runs of numbers seen."""
+    seq = df["seq"].to_numpy()
+    keep = ~notify & (seq != 0)
+    if not keep.any():
+        return
+    cats = df["device"].cat.categories
+    dev = df["device"].cat.codes.to_numpy()[keep].astype(np.int64)
+    cpu = df["cpu"].to_numpy()[keep].astype(np.int64)
+    s = seq[keep]
+    o = np.lexsort((s, cpu, dev))
+    dev, cpu, s = dev[o], cpu[o], s[o]
+    new = np.flatnonzero(np.concatenate([[True], (dev[1:] != dev[:-1]) | (cpu[1:] != cpu[:-1])]))
+    ends = np.append(new[1:], len(s))
+    for a, b in zip(new.tolist(), ends.tolist(), strict=True):
+        v = s[a:b]
+        k = (str(cats[dev[a]]), int(cpu[a]))
+        old = acc.get(k)
+        starts = np.concatenate([[True], v[1:] > v[:-1] + 1])
+        lo = v[starts]
+        hi = np.append(v[np.flatnonzero(starts)[1:] - 1], v[-1])
+        if old is not None:
+            lo = np.concatenate([old[0], lo])
+            hi = np.concatenate([old[1], hi])
+            o2 = np.argsort(lo, kind="stable")
+            lo, hi = lo[o2], hi[o2]
+            top = np.maximum.accumulate(hi)
+            grp = np.concatenate([[True], lo[1:] > top[:-1] + 1])
+            idx = np.flatnonzero(grp)
+            lo = lo[idx]
+            hi = np.maximum.reduceat(hi, idx)
+        acc[k] = (lo, hi)
+
+
+def _iter_meta(readers: list[_Reader], st: _State, lost: dict) -> dict:
+    """The trace's meta, as parse() gives it, from what the readers and the chunks recorded."""
+    order = {d: i for i, d in enumerate(_dev_str(st.devs))}
+    lost_events = {}
+    for k in sorted(lost, key=lambda k: (order.get(k[0], len(order)), k[1])):
+        lo, hi = lost[k]
+        lost_events[k] = int(hi[-1] - lo[0] + 1 - (hi - lo + 1).sum())
+    orders = {r.path: "little" if r.order == "<" else "big" for r in readers if r.order is not None}
+    truncated = []
+    for r in readers:
+        if r.size == 0:
+            continue
+        cut = [x for x in _merge_rejects(r.rejects) if x[2] == "truncated record"]
+        if cut or r.stream.truncated:
+            truncated.append({"file": r.path, "offset": r.size, "record_start": cut[-1][0] if cut else r.size,
+                              "compressed_stream_cut": r.stream.truncated})
+    byte_orders = set(orders.values())
+    return {"wallclock": st.wallclock, "lost_events": lost_events, "clock": "monotonic",
+            "byte_order": byte_orders.pop() if len(byte_orders) == 1 else (orders or None),
+            "truncated": truncated}
 
 
 def _pdu_strings(buf: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> list[str]:
