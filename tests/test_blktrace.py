@@ -377,3 +377,133 @@ def test_find_records_equals_walk_beyond_one_window(order: str) -> None:
     assert len(offs) > 19000 and len(rej) >= 4
     assert offs.tolist() == w_offs.tolist()
     assert blktrace._merge_rejects([(*r, "") for r in rej]) == blktrace._merge_rejects([(*r, "") for r in w_rej])
+
+
+# ------------------------------------------------------------------------------------------------ parse_iter
+def concat_chunks(chunks: list) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(events, rejects, paths) of parse_iter's chunks put together as parse() gives them: categoricals cast to
+    the last chunk's categories, rejects ordered by file (stable)."""
+    last = chunks[-1].events
+    evs = []
+    for c in chunks:
+        e = c.events.copy()
+        for col in last.columns:
+            if isinstance(last[col].dtype, pd.CategoricalDtype):
+                assert set(e[col].cat.categories) <= set(last[col].cat.categories), col
+                e[col] = e[col].astype(last[col].dtype)
+        evs.append(e)
+    rj = pd.concat([c.rejects for c in chunks], ignore_index=True)
+    return pd.concat(evs, ignore_index=True), rj, list(last["file"].cat.categories)
+
+
+def assert_iter_equals_parse(paths: list[str], **kw) -> int:
+    """parse_iter(paths, **kw) put together equals parse(paths): events, categories, rejects, meta. Returns the
+    number of chunks."""
+    full = blktrace.parse(paths)
+    chunks = list(blktrace.parse_iter(paths, **kw))
+    assert all(c.events.columns.tolist() == full.events.columns.tolist() for c in chunks)
+    ev, rj, files_ = concat_chunks(chunks)
+    pd.testing.assert_frame_equal(ev, full.events, check_exact=True)
+    for col in ev.columns:
+        if isinstance(ev[col].dtype, pd.CategoricalDtype):
+            assert list(ev[col].cat.categories) == list(full.events[col].cat.categories), col
+    rank = {p: i for i, p in enumerate(files_)}
+    rj = rj.iloc[np.argsort(rj["file"].map(rank).to_numpy(), kind="stable")] if len(rj) else rj
+    pd.testing.assert_frame_equal(rj.reset_index(drop=True), full.rejects, check_exact=True)
+    assert chunks[-1].meta == full.meta
+    for a, b in zip(chunks[:-1], chunks[1:], strict=False):  # chunks follow each other in time
+        if len(a.events) and len(b.events):
+            assert a.events["time_ns"].max() <= b.events["time_ns"].min()
+    return len(chunks)
+
+
+@pytest.mark.parametrize("set_name,layer", CASES)
+def test_parse_iter_equals_parse(set_name: str, layer: str) -> None:
+    paths = files(set_name, layer)
+    assert assert_iter_equals_parse(paths) >= 1
+    n = len(blktrace.parse(paths).events)
+    # 4 KiB windows: many windows per file, chunks of >= 100 rows
+    chunks = assert_iter_equals_parse(paths, window_bytes=4096, chunk_rows=100)
+    if n > 400:
+        assert chunks > 1
+
+
+def _iter_or_justified(paths: list[str], **kw) -> bool:
+    """parse_iter equals parse(), or raised NotTimeOrdered on a file whose records parse() finds out of time
+    order (a damaged record with a garbage time). Returns whether it streamed."""
+    try:
+        assert_iter_equals_parse(paths, **kw)
+        return True
+    except blktrace.NotTimeOrdered as e:
+        ev = blktrace.parse(paths).events
+        f = str(e).split(":")[0]
+        t = ev[ev["file"] == f].sort_values("pos")["time_ns"].to_numpy()
+        assert (np.diff(t) < 0).any(), str(e)
+        return False
+
+
+def test_parse_iter_on_damaged_input(tmp_path: Path, host_bytes: bytes, guest_bytes: bytes) -> None:
+    recs = records(host_bytes)
+    rng = np.random.default_rng(11)
+    other = _write(tmp_path, "ok.0", guest_bytes)
+    streamed = 0
+    cases = []
+    for cut in sorted(set(rng.integers(1, len(host_bytes), 25).tolist()) | {recs[50][0] + 3, recs[60][1]}):
+        cases.append(host_bytes[:cut])  # truncated
+    s, e = recs[len(recs) // 2]
+    bad = bytearray(host_bytes)
+    bad[s:s + 4] = b"\xde\xad\xbe\xef"
+    cases.append(bytes(bad))  # a damaged record
+    cut = recs[100][0]
+    cases.append(host_bytes[:cut] + bytes(range(13)) + b"\x07tae" + host_bytes[cut:])  # junk at an odd offset
+    for i in range(6):  # random bytes overwritten or inserted
+        b = bytearray(host_bytes)
+        p = int(rng.integers(0, len(b)))
+        if i % 2:
+            b[p:p] = rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()
+        else:
+            b[p:p + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        cases.append(bytes(b))
+    cases.append(b"")  # an empty file
+    for i, data in enumerate(cases):
+        path = _write(tmp_path, f"dmg{i}.1", data)
+        for kw in ({"window_bytes": 4096, "chunk_rows": 50}, {"window_bytes": 5000, "chunk_rows": 1}):
+            streamed += _iter_or_justified([other, path], **kw)
+    assert streamed >= 2 * len(cases) - 4
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent / "data" / "fuzz" / "blktrace").glob(
+    "*.bin")))
+def test_parse_iter_on_fuzz_findings(tmp_path: Path, name: str) -> None:
+    data = (Path(__file__).parent / "data" / "fuzz" / "blktrace" / name).read_bytes()
+    path = _write(tmp_path, "fz.blktrace.0", data)
+    try:
+        blktrace.parse([path])
+    except fileio.TraceError as e:
+        with pytest.raises(fileio.TraceError) as ei:
+            list(blktrace.parse_iter([path], window_bytes=4096, chunk_rows=10))
+        assert str(ei.value) == str(e)
+        return
+    _iter_or_justified([path], window_bytes=4096, chunk_rows=10)
+
+
+@pytest.mark.parametrize("name", ["host", "guest"])
+def test_parse_iter_big_endian(tmp_path: Path, name: str) -> None:
+    src = files("raw-none-threads", name)
+    be = [_write(tmp_path, f"be.{i}", to_big_endian(lzma.decompress(Path(f).read_bytes()))) for i, f in enumerate(src)]
+    assert assert_iter_equals_parse(be, window_bytes=4096, chunk_rows=64) > 1
+
+
+def test_parse_iter_not_time_ordered(tmp_path: Path) -> None:
+    """A record far older than what was already emitted: parse_iter says so instead of a wrong order."""
+    dev = (8 << 20) | 16
+    a = b"".join(pack_record("<", seq=s, time=1000 * s, action=1 | (0x12 << 16), device=dev, nbytes=512)
+                 for s in range(1, 400))
+    late = pack_record("<", seq=400, time=5, action=1 | (0x12 << 16), device=dev, nbytes=512)
+    b = b"".join(pack_record("<", seq=s, time=1000 * s + 1, action=1 | (0x12 << 16), device=dev, cpu=1, nbytes=512)
+                 for s in range(1, 400))
+    paths = [_write(tmp_path, "t.0", a + late), _write(tmp_path, "t.1", b)]
+    with pytest.raises(blktrace.NotTimeOrdered, match="t.0"):
+        list(blktrace.parse_iter(paths, window_bytes=4096, chunk_rows=10))
+    assert int(blktrace.parse(paths).events["time_ns"].iloc[0]) == 5
+    assert_iter_equals_parse(paths)  # one window per file: in order

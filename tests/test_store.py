@@ -193,3 +193,50 @@ def test_unwritable_store_still_works(tmp_path, monkeypatch):
     got = store.ingest(ts)
     assert any("not written" in n for n in ts.notes)
     _same(got, store.ingest(traceset.load(TRACES / "raw-none-threads"), use_cache=False))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """blktrace traces parsed in 4 KiB windows and chunks of >= 200 rows: the store writes many chunks."""
+    import functools
+
+    from toolkit.parsers import blktrace
+
+    monkeypatch.setattr(blktrace, "parse_iter", functools.partial(blktrace.parse_iter, window_bytes=4096,
+                                                                  chunk_rows=200))
+
+
+@pytest.mark.parametrize("name", ["raw-none-threads", "migrate-writeback", "ext4-unsafe"])
+def test_streamed_store_equals_parse(name, cache, small_chunks):
+    ts = traceset.load(TRACES / name)
+    fresh = store.ingest(ts, use_cache=False)  # parse(), nothing stored
+    base = store.cache_dir(ts)
+    streamed = 0
+    for t in ts.traces:
+        entry, res, _ = store.ingest_trace(base, ts.root, t, None)
+        if res is None:  # many chunks: nothing kept in memory, read back from the store
+            streamed += 1
+            res = store.read_trace(base, t, entry)
+        _same({0: fresh[t.index]}, {0: res})
+        assert entry["summary"] == store.summarise(t, fresh[t.index])
+        assert entry["events"] == len(fresh[t.index].events)
+    assert streamed >= 1
+    back = store.ingest(traceset.load(TRACES / name))  # through store.update and store.json
+    _same(fresh, back)
+
+
+def test_not_time_ordered_falls_back_to_parse(cache, monkeypatch):
+    from toolkit.parsers import NotTimeOrdered, blktrace
+
+    real = blktrace.parse_iter
+
+    def late(paths, **kw):
+        it = real(paths, window_bytes=4096, chunk_rows=100)
+        yield next(it)
+        raise NotTimeOrdered(f"{paths[0]}: test")
+
+    monkeypatch.setattr(blktrace, "parse_iter", late)
+    ts = traceset.load(TRACES / "raw-none-threads")
+    got = store.ingest(ts)
+    _same(got, store.ingest(traceset.load(TRACES / "raw-none-threads"), use_cache=False))
+    assert not list(cache.rglob("*.tmp"))  # the streamed parts written before the fallback are gone

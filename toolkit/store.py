@@ -398,7 +398,10 @@ def read_trace(base: Path, t: Trace, entry: dict) -> ParseResult:
     remap = dict(zip(entry.get("paths", []), t.files, strict=False))
     for c, cats in entry.get("categories", {}).items():
         if c in df.columns:
-            s = df[c].astype(pd.CategoricalDtype(cats))
+            s = df[c]
+            # set_categories, not astype: an unordered dtype with the same values in another order is "equal"
+            s = s.cat.set_categories(cats) if isinstance(s.dtype, pd.CategoricalDtype) else s.astype(
+                pd.CategoricalDtype(cats))
             if c == "file" and remap:
                 s = s.cat.rename_categories([remap.get(x, x) for x in cats])
             df[c] = s
