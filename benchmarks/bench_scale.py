@@ -19,7 +19,7 @@ K = round(events / events of the capture). Each measurement runs in a fresh proc
 ``ru_maxrss``; the child's address space is capped by ``--mem-limit`` so a run that would exhaust the machine
 fails instead; imports are not timed; with ``--workers`` the time includes starting the cluster):
 ``ingest`` = ``writeorder ingest`` (parse every trace, write the partitioned Parquet store);
-``check`` = ``writeorder check`` reading that store. ``blkparse -o /dev/null`` runs on the same host and guest
+``check`` = ``writeorder check`` reading that store (by disk and time slice: toolkit.slicing). ``blkparse -o /dev/null`` runs on the same host and guest
 binary files. The scaled raw-none-threads must keep the capture's verdict: no violation, every write linked.
 """
 
@@ -134,7 +134,7 @@ sys.path.insert(0, {root!r})
 mode, path, workers = {mode!r}, {path!r}, {workers!r}
 
 def main():
-    from toolkit import distributed, ingest, traceset, verdict  # imports are not timed
+    from toolkit import distributed, ingest, slicing, traceset  # imports are not timed
     import pandas, pyarrow.parquet  # noqa: F401
     t = time.perf_counter()
     out = {{}}
@@ -155,7 +155,8 @@ def main():
                 g = distributed.check_sets(c, [path])[0]
             doc = json.loads(g["json"])
         else:
-            doc = verdict.check_set(path).to_json()
+            doc = slicing.check_set(path).to_json()  # what `writeorder check` runs
+        out["slicing"] = doc.get("slicing")
         out["summary"] = {{k: v for k, v in doc["summary"].items() if v}}
         out["coverage"] = {{d: {{k: v for k, v in c.items() if k not in ("unlinked", "not_carried")}}
                            for d, c in doc["coverage"].items()}}
@@ -280,6 +281,9 @@ def main() -> None:
         if "check" in r and "error" not in r["check"]:
             ch = r["check"]
             print(f"  verdict: {ch['summary'] or 'no violation'}")
+            for d in ch.get("slicing") or []:
+                print(f"  sliced {d['disk']}: {d['slices']} slices, {len(d['unclean_cuts'])} unclean cuts, "
+                      f"{d['passes']} pass(es)")
             for d, c in ch["coverage"].items():
                 ok = (not ch["summary"] and c["writes_linked_to_qemu"] == c["guest_writes"]
                       and c["writes_carried_to_host"] == c["guest_writes"] and c["unlinked_count"] == 0)

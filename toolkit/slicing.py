@@ -57,8 +57,9 @@ MARGIN_NS = lineage.MATCH_TOL_NS + 50_000_000
 MAX_MERGE = 4
 
 _MIN, _MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-_ID_TABLES = (("guest_bios", "df_guest_bios"), ("guest_req", "df_guest_requests"), ("host_bios", "df_host_bios"),
-              ("qemu_req", "df_qemu_requests"))
+#: the tables whose ids the checks cite, numbered on across slices (df_guest_bios, which only the report's
+#: plots use, is numbered from 0 in each slice)
+_ID_TABLES = (("guest_req", "df_guest_requests"), ("host_bios", "df_host_bios"), ("qemu_req", "df_qemu_requests"))
 
 
 @dataclass
