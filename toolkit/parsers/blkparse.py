@@ -755,30 +755,30 @@ def _take(cols: dict, order: np.ndarray) -> dict:
     return out
 
 
-def _parse_chunk(buf: bytes, line0: int, fast: bool, summary: dict) -> tuple[dict, list[tuple[int, str]], int]:
-    """One chunk of whole lines; ``line0`` is the 1-based number of its first line. Returns (columns, rejects,
-    lines in the chunk)."""
+def _parse_chunk(a: np.ndarray, nb: int, line0: int, fast: bool,
+                 summary: dict) -> tuple[dict, list[tuple[int, str]], int]:
+    """One chunk of whole lines: the first ``nb`` bytes of ``a``, which has ``_W`` zero bytes after them; ``line0`` is
+    the 1-based number of its first line. Returns (columns, rejects, lines in the chunk)."""
+    mv = memoryview(a)
     if fast:
-        a = np.frombuffer(buf + bytes(_W), dtype=np.uint8)
-        le = np.flatnonzero(a[:len(buf)] == 10)
+        le = np.flatnonzero(a[:nb] == 10)
         ls = np.empty(len(le), dtype=np.int64)
         ls[:1] = 0
         ls[1:] = le[:-1] + 1
-        fixed, done = _fixed(a, ls, le)
-        del a
+        fixed, done = _fixed(a[:nb + _W], ls, le)
         nl = len(le)
         rest = np.flatnonzero(~done)
         cols = None
         texts = []
         if len(rest):
-            sub = b"".join([buf[s:e + 1] for s, e in zip(ls[rest].tolist(), le[rest].tolist(), strict=True)])
+            sub = b"".join([mv[s:e + 1] for s, e in zip(ls[rest].tolist(), le[rest].tolist(), strict=True)])
             cols, rest2, ls2, le2 = _fast(sub)
             cols["line"] = rest[cols["line"]]
             texts = [sub[ls2[i]:le2[i]].decode("utf-8", "replace") for i in rest2.tolist()]
             rest = rest[rest2]
     else:
         fixed = cols = None
-        texts = [x.decode("utf-8", "replace") for x in buf.split(b"\n")[:-1]]
+        texts = [x.decode("utf-8", "replace") for x in bytes(mv[:nb]).split(b"\n")[:-1]]
         rest = np.arange(len(texts))
         nl = len(texts)
     slow, rej = _slow(texts, rest, summary)
@@ -962,19 +962,84 @@ def _workers(workers: int | None) -> int:
     return max(1, int(workers))
 
 
-def _chunk_job(out: _Out, slot: int, fi: int, body: bytes, line0: int, fast: bool) -> tuple:
+def _chunk_job(out: _Out, slot: int, fi: int, body: bytes | tuple[bytearray, int, int], line0: int,
+               fast: bool) -> tuple:
+    """Parse one block (bytes, or (buffer, start, end) with ``_W`` zero bytes after ``end``) and write its rows
+    from row ``slot`` on."""
     summary: dict = {}
-    cols, rej, nl = _parse_chunk(body, line0, fast, summary)
+    if isinstance(body, tuple):
+        buf, start, end = body
+        a = np.frombuffer(buf, dtype=np.uint8, count=end - start + _W, offset=start)
+    else:
+        a = np.frombuffer(body + bytes(_W), dtype=np.uint8)
+    cols, rej, nl = _parse_chunk(a, len(a) - _W, line0, fast, summary)
+    del a
     return out.put(slot, cols, fi), rej, summary, nl
 
 
-def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> Iterator[tuple]:
-    """The items of :func:`fileio.line_blocks` in order, each ``"lines"`` block parsed into ``out``: ("lines",
-    (slot, rows, names, messages), rejects, summary, lines in the block, lines before it). With ``workers`` > 1 and
-    more than one block, blocks are parsed by that many threads (numpy and pyarrow release the GIL), at most
-    ``workers + 1`` blocks in flight; a single block is parsed in the calling thread."""
-    pending: deque = deque()
-    pool = None
+def _plain_blocks(path: str, size: int, bufs: list[bytearray], max_line: int = fileio.MAX_LINE) -> Iterator[tuple]:
+    """The items of ``fileio.line_blocks(fileio.Stream(path, size))`` for a plain (uncompressed) file, read into
+    reusable buffers: a block of lines is ``("lines", (buffer, start, end), n)``, with ``_W`` zero bytes after
+    ``end``; the buffer is the caller's until it goes back to ``bufs``."""
+    carry = b""
+    n = 0
+    skip: list | None = None  # [line number (1-based), length so far, head] of an over-long line
+    cap = size + max_line + _W + 1
+    try:
+        with open(path, "rb") as f:
+            while True:
+                buf = bufs.pop() if bufs else bytearray(cap)
+                lc = len(carry)
+                buf[:lc] = carry
+                k = f.readinto(memoryview(buf)[lc:lc + size])
+                if not k:
+                    bufs.append(buf)
+                    break
+                s0, e0 = 0, lc + k  # the data: buf[s0:e0]
+                if skip is not None:  # carry is empty
+                    nl = buf.find(b"\n", 0, e0)
+                    if nl < 0:
+                        skip[1] += k
+                        bufs.append(buf)
+                        continue
+                    skip[1] += nl
+                    yield ("long", skip[0] - 1, skip[1], skip[2])
+                    n += 1
+                    skip = None
+                    s0 = nl + 1
+                cut = buf.rfind(b"\n", s0, e0)
+                if cut < 0:
+                    if e0 - s0 > max_line:
+                        skip = [n + 1, e0 - s0, bytes(buf[s0:min(s0 + 256, e0)])]
+                        carry = b""
+                    else:
+                        carry = bytes(buf[s0:e0])
+                    bufs.append(buf)
+                    continue
+                carry = bytes(buf[cut + 1:e0])
+                buf[cut + 1:cut + 1 + _W] = bytes(_W)
+                lines = buf.count(b"\n", s0, cut + 1)
+                yield ("lines", (buf, s0, cut + 1), n)
+                n += lines
+                if len(carry) > max_line:
+                    skip = [n + 1, len(carry), carry[:256]]
+                    carry = b""
+    except OSError as e:
+        raise fileio.TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    if skip is not None:
+        yield ("tail", skip[2], n, skip[1])
+    elif carry:
+        yield ("tail", carry, n, len(carry))
+
+
+def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int, bufs: list) -> Iterator[tuple]:
+    """The items of :func:`fileio.line_blocks` (or :func:`_plain_blocks`, whose buffers go back to ``bufs`` once
+    parsed) in order, each ``"lines"`` block parsed into ``out``: ("lines", (slot, rows, names, messages), rejects,
+    summary, lines in the block, lines before it). With ``workers`` > 1 and more than one block, blocks are parsed
+    by that many threads (numpy and pyarrow release the GIL), at most ``workers + 1`` blocks in flight; a single
+    block is parsed in the calling thread."""
+    pending: deque = deque()  # ("job", args, n) not started, ("fut", future, n, args) submitted, other items
+    ex = None
     base = out.top
     try:
         for item in items:
@@ -982,37 +1047,43 @@ def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int) -> It
                 pending.append(item)
                 continue
             _, body, n = item
+            nb = body[2] - body[1] if isinstance(body, tuple) else len(body)
             out.top = max(out.top, base + n)  # the rows of the blocks before end here at the latest
-            if base + n + len(body) > out.cap:  # room for a row per byte: wait for the blocks in flight, grow
+            if base + n + nb > out.cap:  # room for a row per byte: wait for the blocks in flight, grow
                 for p in pending:
                     if p[0] == "fut":
                         p[1].exception()
-                out.grow(base + n + 2 * len(body))
+                out.grow(base + n + 2 * nb)
             job = (out, base + n, fi, body, n + 1, fast)
-            if workers > 1 and pool is None and any(p[0] == "job" for p in pending):
-                pool = ThreadPoolExecutor(workers)
-                pending = deque(("fut", pool.submit(_chunk_job, *p[1]), *p[2:]) if p[0] == "job" else p
+            del body
+            if workers > 1 and ex is None and any(p[0] == "job" for p in pending):
+                ex = ThreadPoolExecutor(workers)
+                pending = deque(("fut", ex.submit(_chunk_job, *p[1]), p[2], p[1]) if p[0] == "job" else p
                                 for p in pending)
-            pending.append(("fut", pool.submit(_chunk_job, *job), n) if pool else ("job", job, n))
-            del body, job
+            pending.append(("fut", ex.submit(_chunk_job, *job), n, job) if ex else ("job", job, n))
+            del job
             while pending and (workers == 1 or pending[0][0] not in ("job", "fut")
-                               or pool is not None and (len(pending) > workers or pending[0][1].done())):
-                yield _done(pending.popleft(), out, base)
+                               or ex is not None and (len(pending) > workers or pending[0][1].done())):
+                yield _done(pending.popleft(), out, base, bufs)
         while pending:
-            yield _done(pending.popleft(), out, base)
+            yield _done(pending.popleft(), out, base, bufs)
     finally:
         for p in pending:
             if p[0] == "fut":
                 p[1].cancel()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _done(p: tuple, out: _Out, base: int) -> tuple:
+def _done(p: tuple, out: _Out, base: int, bufs: list) -> tuple:
+    """A pending item of :func:`_chunks`, its block parsed (in this thread if it was not submitted)."""
     if p[0] not in ("job", "fut"):
         return p
-    r = ("lines", *(_chunk_job(*p[1]) if p[0] == "job" else p[1].result()), p[2])
+    job = p[1] if p[0] == "job" else p[3]
+    r = ("lines", *(_chunk_job(*job) if p[0] == "job" else p[1].result()), p[2])
     out.top = max(out.top, base + r[5] + r[4])
+    if isinstance(job[3], tuple):
+        bufs.append(job[3][0])  # the block's buffer can be read into again
     return r
 
 
@@ -1043,6 +1114,7 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
     paths = [str(p) for p in paths]
     nworkers = _workers(workers)
     out = _Out(0)
+    bufs: list[bytearray] = []  # read buffers of plain files
     recs = []
     rejects = []
     summary: dict = {}
@@ -1053,11 +1125,13 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
             raise fileio.TraceError(f"{path}: not blkparse text (binary content; a blktrace file? use format "
                                     f"'blktrace')")
         stream = fileio.Stream(path, size=chunk_bytes)
+        plain = fileio.compression(path) is None
+        blocks = _plain_blocks(path, chunk_bytes, bufs) if plain else fileio.line_blocks(stream)
         out.grow(out.top + _lines_estimate(path, chunk_bytes))
         line0 = 1
         rej_rows = []
         other = []  # (line, length, reason, text): over-long lines, the last line when it has no newline
-        for item in _chunks(fileio.line_blocks(stream), fast, nworkers, out, fi):
+        for item in _chunks(blocks, fast, nworkers, out, fi, bufs):
             if item[0] == "long":
                 other.append((item[1] + 1, item[2], "line too long", item[3].decode("utf-8", "replace")))
             elif item[0] == "tail":  # blkparse ends every line: the file was cut inside this one
