@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import QEMU_LOGS, TRACE_EVENTS_72, TRACES, simple_records_from_log
 
@@ -171,3 +172,37 @@ def test_args_text_false_keeps_typed_columns(tmp_path, te_file):
     for c in ("req", "opaque", "ret", "state", "event", "time_ns", "pos"):
         assert bare[c].equals(full[c]), c
     assert full["ret"].tolist()[::4] == [-1, 0]
+
+
+@pytest.mark.parametrize("order", "<>")
+def test_two_processes_same_result(tmp_path, te_file, monkeypatch, order):
+    """A real log's events (with strings), an unknown event id, a dropped-event record, garbage between records
+    and a cut last record: decoded by two processes, the tables and meta equal those of one process."""
+    src = qemu_log.parse(TRACES / "migrate-none" / "qemu-src.log.xz").events
+    names, records, _ = simple_records_from_log(src, DECLS)
+    names = {**names, 999: "brand_new_event"}
+    q = len(records) // 4
+    records = [*records[:q], (999, 5, 1, [7, 8]), *records[q:3 * q], (qemu_simple.DROPPED_EVENT_ID, 2 * 10**9,
+               4242, [17]), *records[3 * q:]]
+    p = tmp_path / "trace"
+    qemu_simple.write(p, names, records[:3 * q + 10], order=order)
+    at = p.stat().st_size  # where record 3q + 10 starts
+    qemu_simple.write(p, names, records, order=order)
+    data = p.read_bytes()
+    p.write_bytes(data[:at] + b"\x07" * 24 + data[at:-5])
+    forks = []
+    fork = qemu_simple._fork_fill
+    monkeypatch.setattr(qemu_simple, "_fork_fill", lambda *a: forks.append(a[1:]) or fork(*a))
+    one = qemu_simple.parse(p, trace_events=te_file, workers=1)
+    assert not forks
+    two = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0)
+    assert forks and 0 < forks[0][0] < forks[0][1] == len(one.events)
+    assert len(one.rejects) == 2 and one.meta["dropped_events"] == 17 and one.meta["unknown_events"]
+    assert one.events["state"].notna().sum() > 3
+    pd.testing.assert_frame_equal(two.events, one.events, check_exact=True)
+    pd.testing.assert_frame_equal(two.rejects, one.rejects, check_exact=True)
+    assert two.meta == one.meta
+    for at in (False,):
+        a = qemu_simple.parse(p, trace_events=te_file, workers=1, args_text=at)
+        b = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0, args_text=at)
+        pd.testing.assert_frame_equal(b.events, a.events, check_exact=True)

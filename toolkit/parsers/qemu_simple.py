@@ -18,8 +18,10 @@ whatever breaks that chain are read one by one. ``time_ns`` is host CLOCK_MONOTO
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+import tempfile
 from collections.abc import Iterable
 
 import numpy as np
@@ -31,7 +33,15 @@ from toolkit import fileio
 from toolkit.events import QEMU_EVENTS, REJECTS
 from toolkit.parsers import ParseResult, reject_rows
 from toolkit.parsers import trace_events as te
-from toolkit.parsers.qemu_log import ARG_COLUMNS, INT_COLUMNS, POINTER_COLUMNS
+from toolkit.parsers.qemu_log import (
+    ARG_COLUMNS,
+    INT_COLUMNS,
+    POINTER_COLUMNS,
+    _dump,
+    _load,
+    _shm_dir,
+    _workers,
+)
 
 HEADER_EVENT_ID = 0xFFFFFFFFFFFFFFFF
 MAGIC = 0xF2B177CB0AA429B4
@@ -39,6 +49,8 @@ DROPPED_EVENT_ID = 0xFFFFFFFFFFFFFFFE
 REC_MAPPING = 0
 REC_EVENT = 1
 MAX_EVENT_ID = 1 << 24
+#: files at least this big have half their records decoded by a second process
+PARALLEL_MIN = 32 << 20
 
 #: string argument -> state column, per event (as the log parser's STATE_RULES)
 STATE_ARGS = {"runstate_set": "new_state_str", "vm_state_notify": "reason_str", "migrate_set_state": "new_state",
@@ -46,11 +58,14 @@ STATE_ARGS = {"runstate_set": "new_state_str", "vm_state_notify": "reason_str", 
 
 
 def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: str | os.PathLike | None = None,
-          *, base: str | os.PathLike | None = None, args_text: bool = True, **_: object) -> ParseResult:
+          *, base: str | os.PathLike | None = None, args_text: bool = True, workers: int | None = None,
+          parallel_min: int = PARALLEL_MIN, **_: object) -> ParseResult:
     """Parse simple-backend files into QEMU_EVENTS (file order) and REJECTS (byte offsets).
 
     ``args_text=False`` leaves ``args`` null for records without string arguments (the typed columns are still
-    filled): formatting every value as text is most of the cost on big files.
+    filled): formatting every value as text is most of the cost on big files. A file of at least
+    ``parallel_min`` bytes has the second half of its records decoded by a forked child (``workers=1``: never);
+    the result is the same.
 
     meta: ``clock`` 'monotonic', ``byte_order``, ``dropped_records``/``dropped_events``, ``trace_events`` (the
     declarations file used, or None), ``unknown_events`` (ids or names without declarations), ``notes``.
@@ -63,6 +78,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
         notes.append("no trace-events-all given or found at " + ", ".join(te.DEFAULT_PATHS)
                       + ": arguments are raw u64 values named arg0, arg1, ... (strings cannot be told apart)")
     evs, rejs = [], []
+    nw = _workers(workers)
     meta: dict = {"format": "qemu-simple", "clock": "monotonic", "timestamps": True, "trace_events": te_path,
                   "dropped_records": 0, "dropped_events": 0, "unknown_events": [], "truncated": [], "notes": notes}
     for path in paths:
@@ -74,7 +90,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
                 data, cut = f.read(), False
         else:
             data, cut = fileio.read_bytes(path)
-        ev, rej, m = _parse_one(data, name, decls, args_text)
+        two = nw > 1 and len(data) >= max(parallel_min, 1 << 10)
+        ev, rej, m = _parse_one(data, name, decls, args_text, two)
         if cut:
             m["truncated"].append({"file": name, "offset": len(data), "reason": "compressed stream ends early"})
         evs.append(ev)
@@ -104,7 +121,8 @@ def _check_header(head: bytes, file: str) -> None:
     raise fileio.TraceError(f"{file}: byte 0: not a QEMU simple trace file (bad header magic)")
 
 
-def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True):
+def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True,
+               two: bool = False):
     meta: dict = {"byte_order": None, "dropped_records": 0, "dropped_events": 0, "unknown_events": [],
                   "truncated": [], "notes": []}
     if len(data) < 24:
@@ -186,7 +204,7 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
         p += 8 + length
     parts = [c_pos[i:j] for i, j in runs] + [np.array(single, dtype=np.int64)]
     starts = np.sort(np.concatenate(parts)) if single else np.concatenate(parts)
-    ev = _build(data, buf, starts, names, decls, order, u64, file, meta, args_text)
+    ev = _build(data, buf, starts, names, decls, order, u64, file, meta, args_text, two and len(starts) > 1)
     return ev, reject_rows(file, rejects), meta
 
 
@@ -349,8 +367,9 @@ class _Group:
 
 
 def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, str], decls, order: str,
-           u64: np.dtype, file: str, meta: dict, args_text: bool = True) -> pd.DataFrame:
-    """QEMU_EVENTS rows from the event record starts (file order)."""
+           u64: np.dtype, file: str, meta: dict, args_text: bool = True, two: bool = False) -> pd.DataFrame:
+    """QEMU_EVENTS rows from the event record starts (file order); ``two``: the second half of the rows is
+    filled by a forked child (typed columns written in shared memory, its text mapped back from a file)."""
     k = len(starts)
     W = _Words(data, u64)
     res = (starts & 7).astype(np.int8)
@@ -368,25 +387,15 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
     length = length.astype(np.int64)
     pid = pid.astype(np.int64)
     nargs = (length - 24) // 8
-    # group rows by event id, and within one by the record's alignment (aligned u64 reads)
-    ids, code = np.unique(eid, return_inverse=True)
-    code = code.reshape(-1)
-    key = code.astype(np.int64) * 8 + res
-    key = key.astype(np.int16) if len(ids) * 8 < 2**15 else key
-    by = np.argsort(key, kind="stable")
-    kb = np.searchsorted(key[by], np.arange(len(ids) * 8 + 1))
-    bounds = kb[::8]
-    typed: dict[str, tuple[np.ndarray, np.ndarray]] = {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS
-                                                                  else np.int64), np.ones(k, bool))
-                                                       for c in (*POINTER_COLUMNS, *INT_COLUMNS)}
-    state_rows: list[np.ndarray] = []
-    state_vals: list = []
+    # event ids: sorted distinct values and each row's index among them (as np.unique, by hashing)
+    fc, fu = pd.factorize(eid, sort=True)
+    ids, code = np.asarray(fu, dtype=np.uint64), fc.astype(np.int32 if len(fu) >= 2**15 else np.int16)
     ev_names: list[str] = []
-    groups: list[_Group] = []
+    gdecls: list[list[te.Arg]] = []
+    nmax = np.zeros(len(ids), dtype=np.int64)
+    np.maximum.at(nmax, code, nargs)
     for gi, i in enumerate(ids):
         i = int(i)
-        rows = by[bounds[gi]:bounds[gi + 1]]
-        gres = kb[gi * 8:gi * 8 + 9] - bounds[gi]  # residue blocks within the group's rows
         if i == DROPPED_EVENT_ID:
             nm = "dropped"
         else:
@@ -401,34 +410,18 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
         elif decl is None and decls is not None and nm not in meta["unknown_events"]:
             meta["unknown_events"].append(nm)
         if decl is None:
-            decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nargs[rows].max()))]
-        g = _Group(nm, decl, rows)
-        groups.append(g)
-        if g.strings:  # variable layout: each record on its own
-            st = starts[rows]
-            g.slow_vals = [_decode_slow(data[int(p) + 32:int(p) + 8 + int(n)], decl, order, i)
-                           for p, n in zip(st, length[rows], strict=True)]
-        for j, a in enumerate(decl):
-            if a.is_string:
-                if STATE_ARGS.get(nm) == a.name:
-                    state_rows.append(rows)
-                    state_vals += [vals[j] if j < len(vals) else None for vals in g.slow_vals]
-                g.values.append((np.zeros(0, np.uint64), np.zeros(0, bool)))
-                continue
-            if g.strings:
-                x = [vals[j] if j < len(vals) else None for vals in g.slow_vals]
-                valid = np.array([isinstance(y, int) for y in x], dtype=bool)
-                v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
-            else:
-                valid = nargs[rows] > j
-                v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid)
-            g.values.append((v, valid))
-            col = ARG_COLUMNS.get(a.name)
-            if col is not None:
-                dat, msk = typed[col]
-                dat[rows] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
-                msk[rows] = ~valid
-    args = _args_text(groups, k, args_text)
+            decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
+        gdecls.append(decl)
+    typed = _typed_arrays(k, shared=two)
+    job = _Job(data, W, starts, res, q, code, length, nargs, ev_names, gdecls, order, typed, args_text)
+    h = k // 2 if two else k
+    child = _fork_fill(job, h, k) if two else None
+    args, state_rows, state_vals = job.fill(0, h)
+    if child is not None:
+        args2, rows2, vals2 = _wait_fill(job, child, h, k)
+        args = pa.chunked_array([args, args2])
+        state_rows += rows2
+        state_vals += vals2
     # categories as pd.Categorical(values) makes them: the sorted distinct names
     uniq_sorted = sorted(set(ev_names))
     cat_of_group = np.array([uniq_sorted.index(x) for x in ev_names], dtype=np.int64)
@@ -451,7 +444,112 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
         meta["dropped_events"] = int(_read_u64(data, starts[dropped] + 32, u64).astype(np.int64).sum())
         meta["notes"].append(f"{file}: {meta['dropped_records']} dropped-event records "
                              f"({meta['dropped_events']} events lost by QEMU's trace buffer)")
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols, copy=False)
+
+
+def _typed_arrays(k: int, shared: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Zeroed data and all-True masks of the typed columns; ``shared``: in memory a forked child writes too."""
+    cols = (*POINTER_COLUMNS, *INT_COLUMNS)
+    if not shared:
+        return {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS else np.int64), np.ones(k, bool)) for c in cols}
+    mm = mmap.mmap(-1, max(len(cols) * 9 * k, 1))  # MAP_SHARED | MAP_ANONYMOUS, zero-filled
+    out = {}
+    for j, c in enumerate(cols):
+        d = np.frombuffer(mm, np.uint64 if c in POINTER_COLUMNS else np.int64, k, 8 * k * j)
+        m = np.frombuffer(mm, bool, k, 8 * k * len(cols) + k * j)
+        m[:] = True
+        out[c] = (d, m)
+    return out
+
+
+class _Job:
+    """What filling rows needs: the data, per-row record fields, per-group names and declarations, outputs."""
+
+    def __init__(self, data, W, starts, res, q, code, length, nargs, ev_names, gdecls, order, typed, args_text):
+        self.data, self.W, self.starts, self.res, self.q, self.code = data, W, starts, res, q, code
+        self.length, self.nargs, self.ev_names, self.gdecls = length, nargs, ev_names, gdecls
+        self.order, self.typed, self.args_text = order, typed, args_text
+
+    def fill(self, lo: int, hi: int) -> tuple[pa.Array, list[np.ndarray], list]:
+        """Typed columns of rows [lo, hi) (written in place); returns their args text and state values."""
+        n = hi - lo
+        ng = len(self.ev_names)
+        res = self.res[lo:hi]
+        key = self.code[lo:hi].astype(np.int32) * 8 + res
+        key = key.astype(np.int16) if ng * 8 < 2**15 else key
+        by = np.argsort(key, kind="stable") + lo
+        kb = np.searchsorted(key[by - lo], np.arange(ng * 8 + 1))
+        bounds = kb[::8]
+        state_rows: list[np.ndarray] = []
+        state_vals: list = []
+        groups: list[_Group] = []
+        data, starts, length, nargs, q, W = self.data, self.starts, self.length, self.nargs, self.q, self.W
+        for gi in range(ng):
+            if bounds[gi] == bounds[gi + 1]:
+                continue
+            rows = by[bounds[gi]:bounds[gi + 1]]
+            gres = kb[gi * 8:gi * 8 + 9] - bounds[gi]  # residue blocks within the group's rows
+            nm, decl = self.ev_names[gi], self.gdecls[gi]
+            g = _Group(nm, decl, rows - lo)
+            groups.append(g)
+            if g.strings:  # variable layout: each record on its own
+                eid = DROPPED_EVENT_ID if nm == "dropped" else 0
+                st = starts[rows]
+                g.slow_vals = [_decode_slow(data[int(p) + 32:int(p) + 8 + int(ln)], decl, self.order, eid)
+                               for p, ln in zip(st, length[rows], strict=True)]
+            for j, a in enumerate(decl):
+                if a.is_string:
+                    if STATE_ARGS.get(nm) == a.name:
+                        state_rows.append(rows)
+                        state_vals += [vals[j] if j < len(vals) else None for vals in g.slow_vals]
+                    g.values.append((np.zeros(0, np.uint64), np.zeros(0, bool)))
+                    continue
+                if g.strings:
+                    x = [vals[j] if j < len(vals) else None for vals in g.slow_vals]
+                    valid = np.array([isinstance(y, int) for y in x], dtype=bool)
+                    v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
+                else:
+                    valid = nargs[rows] > j
+                    v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid)
+                g.values.append((v, valid))
+                col = ARG_COLUMNS.get(a.name)
+                if col is not None:
+                    dat, msk = self.typed[col]
+                    dat[rows] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
+                    msk[rows] = ~valid
+        return _args_text(groups, n, self.args_text), state_rows, state_vals
+
+
+def _fork_fill(job: _Job, lo: int, hi: int) -> tuple[int, str] | None:
+    """Start a child filling rows [lo, hi): (pid, file its text and states come back in), or None."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="writeorder-qemu-simple-", dir=_shm_dir())
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:
+        code = 1
+        try:
+            out = job.fill(lo, hi)
+            with os.fdopen(fd, "wb") as f:
+                _dump(f, out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(fd)
+    return pid, tmp
+
+
+def _wait_fill(job: _Job, child: tuple[int, str], lo: int, hi: int) -> tuple[pa.Array, list[np.ndarray], list]:
+    """The child's text and states (or the same work here if it failed)."""
+    pid, tmp = child
+    _, status = os.waitpid(pid, 0)
+    try:
+        if status == 0:
+            return _load(tmp)
+    finally:
+        os.unlink(tmp)
+    return job.fill(lo, hi)
 
 
 def _sparse_strings(k: int, rows: np.ndarray, vals: list) -> pd.api.extensions.ExtensionArray:
