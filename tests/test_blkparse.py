@@ -196,3 +196,30 @@ def test_fixed_width_path_agrees_with_grammar(tmp_path: Path) -> None:
     slow = _parse_text(tmp_path, FIXED_EDGES, fast=False)
     pd.testing.assert_frame_equal(fast.events, slow.events)
     pd.testing.assert_frame_equal(fast.rejects, slow.rejects)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_threads_equal_single_thread(tmp_path: Path, compressed: bool) -> None:
+    """Blocks parsed by 2 threads give the same table, rejects (line numbers) and summary as one thread."""
+    path = max(TEXTS, key=lambda p: Path(p).stat().st_size)
+    lines = lzma.decompress(Path(path).read_bytes()).decode().split("\n")
+    bad = [3, len(lines) // 3, len(lines) // 2]
+    for at in bad:
+        lines.insert(at, f"  8,0 garbage line {at} ###")
+    text = "\n".join(lines).encode()
+    p = tmp_path / "t.txt"
+    if compressed:
+        p = tmp_path / "t.txt.xz"
+        p.write_bytes(lzma.compress(text))
+    else:
+        p.write_bytes(text)
+    one = blkparse.parse([str(p)], chunk_bytes=20_000, workers=1)
+    two = blkparse.parse([str(p)], chunk_bytes=20_000, workers=2)
+    default = blkparse.parse([str(p)])
+    assert len(text) > 10 * 20_000 and len(one.events) > 4000
+    pd.testing.assert_frame_equal(one.events, two.events, check_exact=True)
+    pd.testing.assert_frame_equal(one.events, default.events, check_exact=True)
+    pd.testing.assert_frame_equal(one.rejects, two.rejects, check_exact=True)
+    assert one.rejects["pos"].tolist() == [at + 1 for at in bad]
+    assert one.meta == two.meta and one.meta["summary"]["events"]
+    assert one.events["pos"].is_monotonic_increasing
