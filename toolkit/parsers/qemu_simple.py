@@ -209,30 +209,26 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
 
 
 def _candidates(data: bytes, buf: np.ndarray, order: str, u64: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Byte offsets (sorted) where an event record may start, and where it would end (every alignment)."""
+    """Byte offsets (sorted) where an event record may start, and where it would end (every alignment).
+
+    One scan for the byte that makes a u64 1 (the record type), then the words at those offsets are checked.
+    """
     L = len(data)
-    ps, ns = [], []
-    big = _big(u64)
-    for r in range(8):
-        cnt = (L - r) // 8
-        if cnt < 4:
-            continue
-        w = np.frombuffer(data, dtype=u64, count=cnt, offset=r)
-        i = np.flatnonzero(w[:cnt - 3] == REC_EVENT)
-        eid = w[i + 1]
-        lp = w[i + 3]
-        length = ((lp >> np.uint64(32)) if big else (lp & np.uint64(0xFFFFFFFF))).astype(np.int64)
-        pos = r + 8 * i.astype(np.int64)
-        nxt = pos + 8 + length
-        ok = ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24) & (nxt <= L) & (pos >= 24)
-        ps.append(pos[ok])
-        ns.append(nxt[ok])
-    if not ps:
+    if L < 32:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pos = np.concatenate(ps)
-    nxt = np.concatenate(ns)
-    o = np.argsort(pos, kind="stable")
-    return pos[o], nxt[o]
+    words = np.ndarray(shape=(L - 7,), dtype=u64, buffer=buf, strides=(1,))  # the u64 at every byte offset
+    big = _big(u64)
+    pos = np.flatnonzero(buf == 1)
+    if big:
+        pos -= 7
+    pos = pos[(pos >= 24) & (pos <= L - 32)]
+    pos = pos[words[pos] == REC_EVENT]
+    eid = words[pos + 8]
+    lp = words[pos + 24]
+    length = ((lp >> np.uint64(32)) if big else (lp & np.uint64(0xFFFFFFFF))).astype(np.int64)
+    nxt = pos + 8 + length
+    ok = ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24) & (nxt <= L)
+    return pos[ok], nxt[ok]
 
 
 def _big(u64: np.dtype) -> bool:
@@ -340,14 +336,18 @@ class _Words:
         self.w = [np.frombuffer(data, dtype=u64, count=(len(data) - r) // 8, offset=r) for r in range(8)]
 
     def read(self, rows: np.ndarray, rbounds: np.ndarray, q: np.ndarray, word: int,
-             valid: np.ndarray | None = None) -> np.ndarray:
-        """u64 number ``word`` of the records ``rows`` (sorted by alignment, blocks ``rbounds``); 0 where not valid."""
+             valid: np.ndarray | None = None, qr: np.ndarray | None = None) -> np.ndarray:
+        """u64 number ``word`` of the records ``rows`` (sorted by alignment, blocks ``rbounds``); 0 where not
+        valid. ``qr``: q[rows], when the caller has it."""
+        if qr is None:
+            qr = q[rows]
+        used = [r for r in range(8) if rbounds[r] < rbounds[r + 1]]
+        if valid is None and len(used) == 1:  # one alignment (the usual case): one gather
+            return self.w[used[0]][qr + word]
         out = np.zeros(len(rows), dtype=np.uint64)
-        for r in range(8):
+        for r in used:
             a, b = int(rbounds[r]), int(rbounds[r + 1])
-            if a == b:
-                continue
-            idx = q[rows[a:b]] + word
+            idx = qr[a:b] + word
             if valid is None:
                 out[a:b] = self.w[r][idx]
             else:
@@ -492,6 +492,7 @@ class _Job:
             nm, decl = self.ev_names[gi], self.gdecls[gi]
             g = _Group(nm, decl, rows - lo)
             groups.append(g)
+            qr = None
             if g.strings:  # variable layout: each record on its own
                 eid = DROPPED_EVENT_ID if nm == "dropped" else 0
                 st = starts[rows]
@@ -510,7 +511,9 @@ class _Job:
                     v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
                 else:
                     valid = nargs[rows] > j
-                    v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid)
+                    if qr is None:
+                        qr = q[rows]
+                    v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid, qr)
                 g.values.append((v, valid))
                 col = ARG_COLUMNS.get(a.name)
                 if col is not None:
