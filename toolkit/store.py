@@ -16,6 +16,10 @@ file, because a parser merges a trace's per-CPU files (time order across CPUs, p
 records of any CPU): parsing one file alone would not give the same table. A file whose size and mtime are
 those recorded is not hashed again.
 
+Traces are parsed and written chunk by chunk (``parsers.parse_iter``: time-ordered chunks for blktrace, the
+whole table as one chunk for other formats), so ingest memory follows the chunk size, not the trace; the counts,
+time span, category orders and rejects of the entry are accumulated over the chunks.
+
 Reading back gives exactly the parser's table (same rows in the same order, same dtypes and category order):
 each part carries a ``_row`` column (the row number in the parser's output). ``dataset(ts, kind)`` and
 ``read(ts, kind, node=, layer=, device=, start_ns=, end_ns=)`` read the store with pyarrow.dataset filters, by
@@ -428,7 +432,8 @@ def _remap_strings(o, remap: dict):
 def update(ts: TraceSet, *, use_cache: bool = True, progress: Callable[[str], None] | None = None,
            keep: bool = True, runner=None) -> tuple[dict[int, dict], dict[int, ParseResult]]:
     """Bring every trace of ``ts`` into the store. Returns (store entries by trace index, results parsed now by
-    index: only when ``keep`` or when they could not be stored). Every entry has the trace's ``summary``.
+    index: only when ``keep`` or when they could not be stored, and only for traces that were parsed as one chunk;
+    the others are read back with ``read_trace``). Every entry has the trace's ``summary``.
     ``runner(base, root, traces, known)`` may do the per-trace work elsewhere (dask): it returns
     ``[(entry, note)]`` in the order of ``traces``; the entries are committed to store.json here."""
     base = cache_dir(ts)
