@@ -39,7 +39,7 @@ from toolkit.events import (
     errno_signed,
     op_from_category,
 )
-from toolkit.parsers import ParseResult, reject_rows, small_unique
+from toolkit.parsers import ParseResult, reject_rows
 
 # ---------------------------------------------------------------------------------------------------------------
 # actions
@@ -1171,6 +1171,16 @@ def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
     return pd.array(arr, dtype="string")
 
 
+def _small_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..127 (int8) -> (the codes in use, sorted; int8 codes into them)."""
+    uniq = np.flatnonzero(np.bincount(x.view(np.uint8), minlength=128))
+    if len(uniq) == uniq[-1] + 1:  # 0..k all in use: the codes are their own
+        return uniq, x
+    lut = np.zeros(128, dtype=np.int8)
+    lut[uniq] = np.arange(len(uniq), dtype=np.int8)
+    return uniq, lut[x]
+
+
 def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     """The BLOCK_EVENTS frame from the columns of :meth:`_Out.finish` (numeric columns are used as they are)."""
     n = len(c["pos"])
@@ -1180,15 +1190,15 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
         return df
     dev = c.pop("dev")
     if (dev == dev[0]).all():
-        du, dcodes = dev[:1], np.zeros(n, dtype=np.int32)
+        du, dcodes = dev[:1], np.zeros(n, dtype=np.int8)
     else:
         du, dcodes = np.unique(dev, return_inverse=True)
     del dev
-    used, rcodes = small_unique(c.pop("rwbs"))  # only the labels in use, in sorted order
+    used, rcodes = _small_codes(c.pop("rwbs"))  # only the labels in use, in sorted order
     rlabels = [_ALL_RWBS[i] for i in used]
-    au, acodes = small_unique(c.pop("act"))
+    au, acodes = _small_codes(c.pop("act"))
     alabels = [ACTIONS[i] for i in au]
-    ou, ocodes = small_unique(c.pop("op"))
+    ou, ocodes = _small_codes(c.pop("op"))
     olabels = [_op_tables()[2][i] for i in ou]
     rm = c.pop("remap_device")  # device key + 1; 0: none
     has_rm = rm != 0
@@ -1211,16 +1221,16 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
 
     cols = {
         "time_ns": c.pop("time_ns"),
-        "device": pd.Categorical.from_codes(dcodes.astype(np.int32), categories=_devstr(du), validate=False),
+        "device": pd.Categorical.from_codes(dcodes, categories=_devstr(du), validate=False),
         "cpu": c.pop("cpu"),
         "seq": c.pop("seq"), "pid": c.pop("pid"),
-        "action": pd.Categorical.from_codes(acodes.astype(np.int32), categories=alabels, validate=False),
-        "rwbs": pd.Categorical.from_codes(rcodes.astype(np.int32), categories=rlabels, validate=False),
+        "action": pd.Categorical.from_codes(acodes, categories=alabels, validate=False),
+        "rwbs": pd.Categorical.from_codes(rcodes, categories=rlabels, validate=False),
         "sector": c.pop("sector"), "nsect": c.pop("nsect"), "bytes": c.pop("bytes"),
         "error": c.pop("error"),
         "comm": c.pop("comm"),
         "category": c.pop("category"),
-        "op": pd.Categorical.from_codes(ocodes.astype(np.int32), categories=olabels, validate=False),
+        "op": pd.Categorical.from_codes(ocodes, categories=olabels, validate=False),
         "preflush": c.pop("preflush"), "fua": c.pop("fua"), "sync": c.pop("sync"), "meta": c.pop("meta"),
         "remap_device": rm_arr,
         "remap_sector": nint("remap_sector"),
