@@ -376,9 +376,10 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
         code = 1
         try:
             cacc = _new_acc()
-            parts = list(_file_parts(path, name, chunk_size, cacc, span=(cut, size)))
-            with os.fdopen(fd, "wb") as f:
-                _dump(f, (parts, cacc))
+            with os.fdopen(fd, "wb") as f:  # each part as soon as it is read, the totals last
+                for part in _file_parts(path, name, chunk_size, cacc, span=(cut, size)):
+                    _dump(f, part)
+                _dump(f, cacc)
             code = 0
         finally:
             os._exit(code)
@@ -392,7 +393,8 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
         raise
     _, status = os.waitpid(pid, 0)
     try:
-        second, cacc = _load(tmp) if status == 0 else (None, None)
+        objs = _load_all(tmp) if status == 0 else None
+        second, cacc = (objs[:-1], objs[-1]) if objs else (None, None)
     finally:
         os.unlink(tmp)
     if second is None:  # the child failed: the same work here
@@ -427,13 +429,13 @@ _ALIGN = 64
 
 
 def _dump(f, obj: object) -> None:
-    """Pickle ``obj`` to the open file with its large buffers out of band, each 64-byte aligned."""
+    """Append ``obj`` to the open file, pickled with its large buffers out of band, each 64-byte aligned."""
     bufs: list[pickle.PickleBuffer] = []
     main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
     raws = [b.raw() for b in bufs]
     head = pickle.dumps((len(main), [r.nbytes for r in raws]))
     f.write(struct.pack("<Q", len(head)) + head + main)
-    pos = 8 + len(head) + len(main)
+    pos = f.tell()
     for r in raws:
         pad = -pos % _ALIGN
         f.write(b"\0" * pad)
@@ -442,19 +444,32 @@ def _dump(f, obj: object) -> None:
 
 
 def _load(path: str) -> object:
-    """What :func:`_dump` wrote, its buffers mapped from the file (private copy-on-write pages)."""
+    """The first object :func:`_dump` wrote to the file."""
+    return _load_all(path)[0]
+
+
+def _load_all(path: str) -> list:
+    """Every object :func:`_dump` wrote, in order, their buffers mapped from the file (private copy-on-write
+    pages, no copy)."""
     with open(path, "rb") as f:
+        if not os.fstat(f.fileno()).st_size:
+            return []
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     view = memoryview(mm)
-    (hl,) = struct.unpack_from("<Q", view, 0)
-    nmain, sizes = pickle.loads(view[8:8 + hl])
-    pos = 8 + hl + nmain
-    bufs = []
-    for n in sizes:
-        pos += -pos % _ALIGN
-        bufs.append(view[pos:pos + n])
-        pos += n
-    return pickle.loads(view[8 + hl:8 + hl + nmain], buffers=bufs)
+    out = []
+    pos = 0
+    while pos < len(view):
+        (hl,) = struct.unpack_from("<Q", view, pos)
+        nmain, sizes = pickle.loads(view[pos + 8:pos + 8 + hl])
+        main = view[pos + 8 + hl:pos + 8 + hl + nmain]
+        pos += 8 + hl + nmain
+        bufs = []
+        for n in sizes:
+            pos += -pos % _ALIGN
+            bufs.append(view[pos:pos + n])
+            pos += n
+        out.append(pickle.loads(main, buffers=bufs))
+    return out
 
 
 def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list[pd.DataFrame]:
