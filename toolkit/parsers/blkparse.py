@@ -860,10 +860,11 @@ class _Out:
             self.a[key] = new
         self.cap = cap
 
-    def put(self, slot: int, cols: dict, fi: int) -> tuple[int, int, bytes, pa.Array | None]:
-        """Write one chunk's merged columns at row ``slot``: (slot, rows, name bytes, message array or None)."""
+    def put(self, slot: int, cols: dict, fi: int) -> tuple[int, int, bytes, pa.Array | None, np.ndarray | None]:
+        """Write one chunk's merged columns at row ``slot``: (slot, rows, name bytes, message array or None, which
+        rwbs / action / op codes occur: a (3, 128) bool array)."""
         if not cols:
-            return slot, 0, b"", None
+            return slot, 0, b"", None, None
         n = len(cols["line"])
         sl = slice(slot, slot + n)
         a = self.a
@@ -878,7 +879,10 @@ class _Out:
         cat_t, op_t, _ = _op_tables()
         cat = cat_t[pair]
         a["category"][sl] = cat
-        a["op"][sl] = op_t[2 * pair + (cols["bytes"] != 0)]
+        op = op_t[2 * pair + (cols["bytes"] != 0)]
+        a["op"][sl] = op
+        used = np.stack([np.bincount(x.view(np.uint8) if x.dtype == np.int8 else x, minlength=128)[:128] > 0
+                         for x in (rw, cols["act"], op)])
         for key in ("preflush", "fua", "sync", "meta"):
             a[key][sl] = (cat & _FLAG[key]) != 0
         rm = cols["remap_device"]
@@ -897,18 +901,20 @@ class _Out:
             msg = None
         elif isinstance(msg, pa.ChunkedArray):
             msg = msg.combine_chunks()
-        return slot, n, data, msg
+        return slot, n, data, msg, used
 
-    def finish(self, recs: list[tuple[int, int, bytes, pa.Array | None]]) -> dict:
+    def finish(self, recs: list[tuple[int, int, bytes, pa.Array | None, np.ndarray | None]]) -> dict:
         """Close the gaps between the chunks (in order) -> the columns for :func:`_frame` (views of the arrays)."""
         cum = 0
-        for slot, n, _, _ in recs:
+        for slot, n, *_ in recs:
             if n and slot != cum:
                 for v in self.a.values():
                     v[cum:cum + n] = v[slot:slot + n]
             cum += n
         a = {k: v[:cum] for k, v in self.a.items()}
         self.a = {}
+        used = [r[4] for r in recs if r[4] is not None]
+        a["used"] = np.logical_or.reduce(used) if used else np.zeros((3, 128), dtype=bool)
         lens, ok = a.pop("comm_len"), a.pop("comm_ok")
         if ok.any():
             off = np.empty(cum + 1, dtype=np.int64)
@@ -1171,9 +1177,9 @@ def _null_strings(n: int) -> pd.arrays.ArrowStringArray:
     return pd.array(arr, dtype="string")
 
 
-def _small_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes 0..127 (int8) -> (the codes in use, sorted; int8 codes into them)."""
-    uniq = np.flatnonzero(np.bincount(x.view(np.uint8), minlength=128))
+def _small_codes(x: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..127 (int8) and which of them occur -> (the codes in use, sorted; int8 codes into them)."""
+    uniq = np.flatnonzero(used)
     if len(uniq) == uniq[-1] + 1:  # 0..k all in use: the codes are their own
         return uniq, x
     lut = np.zeros(128, dtype=np.int8)
@@ -1194,11 +1200,12 @@ def _frame(c: dict, paths: list[str]) -> pd.DataFrame:
     else:
         du, dcodes = np.unique(dev, return_inverse=True)
     del dev
-    used, rcodes = _small_codes(c.pop("rwbs"))  # only the labels in use, in sorted order
-    rlabels = [_ALL_RWBS[i] for i in used]
-    au, acodes = _small_codes(c.pop("act"))
+    used = c.pop("used")  # which codes occur; categories: only the labels in use, in sorted order
+    ru, rcodes = _small_codes(c.pop("rwbs"), used[0])
+    rlabels = [_ALL_RWBS[i] for i in ru]
+    au, acodes = _small_codes(c.pop("act"), used[1])
     alabels = [ACTIONS[i] for i in au]
-    ou, ocodes = _small_codes(c.pop("op"))
+    ou, ocodes = _small_codes(c.pop("op"), used[2])
     olabels = [_op_tables()[2][i] for i in ou]
     rm = c.pop("remap_device")  # device key + 1; 0: none
     has_rm = rm != 0
