@@ -182,7 +182,7 @@ def summarise(t: Trace, res: ParseResult) -> dict:
     """What ``writeorder ingest`` prints for a trace (counts, time span, actions or QEMU events)."""
     ev = res.events
     col = "event" if t.format.startswith("qemu") else "action"
-    counts = ev[col].astype(str).value_counts()
+    counts = _value_counts(ev[col])
     times = ev["time_ns"].dropna()
     return {
         "events": int(len(ev)), "rejects": int(len(res.rejects)),
@@ -191,6 +191,19 @@ def summarise(t: Trace, res: ParseResult) -> dict:
         "clock": res.meta.get("clock"),
         "actions": {str(k): int(v) for k, v in sorted(counts.items())},
     }
+
+
+def _value_counts(s: pd.Series) -> dict[str, int]:
+    """Rows per value as strings (nulls not counted); counted on the categories when ``s`` is categorical."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        vc = s.value_counts(sort=False)
+        vc = vc[vc > 0]
+    else:
+        vc = s.astype(str).value_counts()
+    out: dict[str, int] = {}
+    for k, v in vc.items():
+        out[str(k)] = out.get(str(k), 0) + int(v)
+    return out
 
 
 def _arrow_type(dtype: str) -> pa.DataType | None:
@@ -244,8 +257,8 @@ class _Summary:
         ev = res.events
         self.events += len(ev)
         self.rejects += len(res.rejects)
-        for k, v in ev[self.col].astype(str).value_counts().items():
-            self.counts[str(k)] = self.counts.get(str(k), 0) + int(v)
+        for k, v in _value_counts(ev[self.col]).items():
+            self.counts[k] = self.counts.get(k, 0) + v
         times = ev["time_ns"].dropna()
         if len(times):
             lo, hi = int(times.min()), int(times.max())

@@ -1216,12 +1216,14 @@ def _comm_codes(pid: np.ndarray, pidx: np.ndarray, ncodes: np.ndarray) -> np.nda
     is_pr[pidx] = True
     code_at = np.full(n, -1, dtype=np.int32)
     code_at[pidx] = ncodes
-    p = pid[rows]
-    byp = rows[np.argsort(p, kind="stable")]  # by pid, then row
+    k = j[rows].astype(np.int16 if len(named) < 1 << 15 else np.int32)  # the pid's rank: a radix sort
+    order = np.argsort(k, kind="stable")
+    byp = rows[order]  # by pid, then row
+    k = k[order]
     src = np.where(is_pr[byp], np.arange(len(byp)), -1)
     last = np.maximum.accumulate(src)
     okp = last >= 0
-    okp[okp] = pid[byp[last[okp]]] == pid[byp[okp]]
+    okp[okp] = k[last[okp]] == k[okp]
     out[byp[okp]] = code_at[byp[last[okp]]]
     return out
 
