@@ -329,31 +329,11 @@ def _ranges_text(flat: np.ndarray, a: list[np.ndarray], b: list[np.ndarray]) -> 
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offs), data)
 
 
-class _Words:
-    """Aligned u64 views of the data, one per byte offset mod 8."""
-
-    def __init__(self, data: bytes, u64: np.dtype):
-        self.w = [np.frombuffer(data, dtype=u64, count=(len(data) - r) // 8, offset=r) for r in range(8)]
-
-    def read(self, rows: np.ndarray, rbounds: np.ndarray, q: np.ndarray, word: int,
-             valid: np.ndarray | None = None, qr: np.ndarray | None = None) -> np.ndarray:
-        """u64 number ``word`` of the records ``rows`` (sorted by alignment, blocks ``rbounds``); 0 where not
-        valid. ``qr``: q[rows], when the caller has it."""
-        if qr is None:
-            qr = q[rows]
-        used = [r for r in range(8) if rbounds[r] < rbounds[r + 1]]
-        if valid is None and len(used) == 1:  # one alignment (the usual case): one gather
-            return self.w[used[0]][qr + word]
-        out = np.zeros(len(rows), dtype=np.uint64)
-        for r in used:
-            a, b = int(rbounds[r]), int(rbounds[r + 1])
-            idx = qr[a:b] + word
-            if valid is None:
-                out[a:b] = self.w[r][idx]
-            else:
-                vb = valid[a:b]
-                out[a:b][vb] = self.w[r][idx[vb]]
-        return out
+def _unaligned_words(buf: np.ndarray, u64: np.dtype) -> np.ndarray:
+    """The u64 at every byte offset of the data (a view: word i = bytes i..i+7)."""
+    if len(buf) < 8:
+        return np.zeros(0, dtype=u64)
+    return np.ndarray(shape=(len(buf) - 7,), dtype=u64, buffer=buf, strides=(1,))
 
 
 class _Group:
@@ -371,15 +351,8 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
     """QEMU_EVENTS rows from the event record starts (file order); ``two``: the second half of the rows is
     filled by a forked child (typed columns written in shared memory, its text mapped back from a file)."""
     k = len(starts)
-    W = _Words(data, u64)
-    res = (starts & 7).astype(np.int8)
-    q = starts >> 3
-    rb = np.argsort(res, kind="stable")
-    rbounds = np.searchsorted(res[rb], np.arange(9))
-    eid, ts, lp = (np.empty(k, dtype=np.uint64) for _ in range(3))
-    eid[rb] = W.read(rb, rbounds, q, 1)
-    ts[rb] = W.read(rb, rbounds, q, 2)
-    lp[rb] = W.read(rb, rbounds, q, 3)
+    words = _unaligned_words(buf, u64)
+    eid, ts, lp = (words[starts + 8 * w].astype(np.uint64, copy=False) for w in (1, 2, 3))
     if _big(u64):
         length, pid = (lp >> np.uint64(32)), (lp & np.uint64(0xFFFFFFFF))
     else:
@@ -413,7 +386,7 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
             decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
         gdecls.append(decl)
     typed = _typed_arrays(k, shared=two)
-    job = _Job(data, W, starts, res, q, code, length, nargs, ev_names, gdecls, order, typed, args_text)
+    job = _Job(data, words, starts, code, length, nargs, ev_names, gdecls, order, typed, args_text)
     h = k // 2 if two else k
     child = _fork_fill(job, h, k) if two else None
     args, state_rows, state_vals = job.fill(0, h)
@@ -465,8 +438,8 @@ def _typed_arrays(k: int, shared: bool) -> dict[str, tuple[np.ndarray, np.ndarra
 class _Job:
     """What filling rows needs: the data, per-row record fields, per-group names and declarations, outputs."""
 
-    def __init__(self, data, W, starts, res, q, code, length, nargs, ev_names, gdecls, order, typed, args_text):
-        self.data, self.W, self.starts, self.res, self.q, self.code = data, W, starts, res, q, code
+    def __init__(self, data, words, starts, code, length, nargs, ev_names, gdecls, order, typed, args_text):
+        self.data, self.words, self.starts, self.code = data, words, starts, code
         self.length, self.nargs, self.ev_names, self.gdecls = length, nargs, ev_names, gdecls
         self.order, self.typed, self.args_text = order, typed, args_text
 
@@ -474,25 +447,22 @@ class _Job:
         """Typed columns of rows [lo, hi) (written in place); returns their args text and state values."""
         n = hi - lo
         ng = len(self.ev_names)
-        res = self.res[lo:hi]
-        key = self.code[lo:hi].astype(np.int32) * 8 + res
-        key = key.astype(np.int16) if ng * 8 < 2**15 else key
+        key = self.code[lo:hi]
         by = np.argsort(key, kind="stable") + lo
-        kb = np.searchsorted(key[by - lo], np.arange(ng * 8 + 1))
-        bounds = kb[::8]
+        bounds = np.zeros(ng + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key, minlength=ng), out=bounds[1:])
         state_rows: list[np.ndarray] = []
         state_vals: list = []
         groups: list[_Group] = []
-        data, starts, length, nargs, q, W = self.data, self.starts, self.length, self.nargs, self.q, self.W
+        data, starts, length, nargs, words = self.data, self.starts, self.length, self.nargs, self.words
         for gi in range(ng):
             if bounds[gi] == bounds[gi + 1]:
                 continue
             rows = by[bounds[gi]:bounds[gi + 1]]
-            gres = kb[gi * 8:gi * 8 + 9] - bounds[gi]  # residue blocks within the group's rows
             nm, decl = self.ev_names[gi], self.gdecls[gi]
             g = _Group(nm, decl, rows - lo)
             groups.append(g)
-            qr = None
+            sp = None
             if g.strings:  # variable layout: each record on its own
                 eid = DROPPED_EVENT_ID if nm == "dropped" else 0
                 st = starts[rows]
@@ -511,9 +481,13 @@ class _Job:
                     v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
                 else:
                     valid = nargs[rows] > j
-                    if qr is None:
-                        qr = q[rows]
-                    v = W.read(rows, gres, q, 4 + j, None if valid.all() else valid, qr)
+                    if sp is None:
+                        sp = starts[rows] + 32
+                    if valid.all():
+                        v = words[sp + 8 * j].astype(np.uint64, copy=False)
+                    else:  # a record shorter than its declaration: the missing values stay null
+                        v = np.zeros(len(rows), dtype=np.uint64)
+                        v[valid] = words[sp[valid] + 8 * j]
                 g.values.append((v, valid))
                 col = ARG_COLUMNS.get(a.name)
                 if col is not None:
