@@ -368,6 +368,7 @@ def _fast(buf: bytes) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
 _W = 112  # bytes of a line looked at (longer lines go to the token path)
 _HDR = 49
 _SEP = {3: 44, 7: 32, 10: 32, 19: 32, 25: 46, 35: 32, 41: 32, 44: 32, 48: 32}
+_SEP_SPACES = sum(1 << c for c, v in _SEP.items() if v == 32)
 _RIGHT = [(0, 3), (8, 10), (11, 19), (20, 25), (36, 41)]
 _FIXED_RWBS = sorted(x for x in (f1 + o + f2 + a + s + m for f1 in ("", "F") for o in "DWRN" for f2 in ("", "F")
                                  for a in ("", "A") for s in ("", "S") for m in ("", "M")) if len(x) <= 3)
@@ -450,18 +451,6 @@ def _msb(x: np.ndarray) -> np.ndarray:
     return np.where(hi > 0, np.frexp(hi)[1] + 31, np.frexp(lo)[1] - 1).astype(np.int64)
 
 
-def _colbits(b: np.ndarray) -> np.ndarray:
-    """A (m, <=64) bool matrix -> one u64 per row, column c at bit 63 - c."""
-    pk = np.packbits(b, axis=1)
-    out = np.zeros((len(b), 8), dtype=np.uint8)
-    out[:, :pk.shape[1]] = pk
-    return out.view(">u8").ravel().astype(np.uint64)
-
-
-def _span(s: int, e: int) -> int:
-    return sum(1 << (63 - c) for c in range(s, e))
-
-
 def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, np.ndarray]:
     """Parse the fixed-layout lines among lines [ls, le) of ``a`` (which has ``_W`` bytes of padding after).
 
@@ -482,26 +471,29 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     rows2d = np.ndarray((len(a) - _W + 1, _W), dtype=np.uint8, buffer=a, strides=(1, 1))
     M = rows2d[ls[idx]]
     Lr = L[idx]
-    ok = np.ones(m, dtype=bool)
-    for c, v in _SEP.items():
-        ok &= M[:, c] == v
-    H = M[:, :_HDR]
-    dbits = _colbits((H - np.uint8(48)) < 10)
-    sbits = _colbits(H == 32)
-    del H
+    ok = (M[:, 3] == 44) & (M[:, 25] == 46)  # ',' and '.'; the other separators are spaces (below)
+    # byte classes as bits, column c at bit c: the spaces of all 112 columns (14 bytes a row), the header's digits
+    spk = np.packbits(M == 32, axis=1, bitorder="little")
+    sbits = np.ndarray((m,), dtype="<u8", buffer=spk, strides=(spk.shape[1],)).astype(np.uint64)
+    tail_sp = np.ndarray((m,), dtype="<u8", buffer=spk, offset=6, strides=(spk.shape[1],)) >> np.uint64(1)
+    del spk
+    dpk = np.zeros((m, 8), dtype=np.uint8)
+    dpk[:, :7] = np.packbits((M[:, :56] - np.uint8(48)) < 10, axis=1, bitorder="little")
+    dbits = dpk.view("<u8").ravel()
+    ok &= (sbits & np.uint64(_SEP_SPACES)) == np.uint64(_SEP_SPACES)
     for s, e in _RIGHT + [(4, 7)]:
-        f = np.uint64(_span(s, e))
+        f = np.uint64(((1 << (e - s)) - 1) << s)
         d = dbits & f
         ok &= (d | (sbits & f)) == f
-        y = d >> np.uint64(64 - e)
-        if s == 4:  # the minor is left-aligned: digits first
-            y = ~y & np.uint64(7)
-            ok &= (d != 0) & ((y & (y + np.uint64(1))) == 0)
-        else:
+        y = d >> np.uint64(s)
+        if s == 4:  # the minor is left-aligned: digits first (low bits), then spaces
             ok &= (y != 0) & ((y & (y + np.uint64(1))) == 0)
-    f = np.uint64(_span(26, 35))
+        else:  # spaces first, then digits up to the field's last column
+            z = ~y & np.uint64((1 << (e - s)) - 1)
+            ok &= (y != 0) & ((z & (z + np.uint64(1))) == 0)
+    f = np.uint64(((1 << 9) - 1) << 26)  # the 9 digits of the ns
     ok &= (dbits & f) == f
-    del dbits, sbits
+    del dbits, sbits, dpk
     act = _ACT_LUT[(M[:, 42].astype(np.int64) << 8) | M[:, 43]]
     ok &= act >= 0
     rk = (M[:, 45].astype(np.int64) << 16) | (M[:, 46].astype(np.int64) << 8) | M[:, 47]
@@ -518,9 +510,9 @@ def _fixed(a: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[dict | None, 
     isp = act == _ACT_INDEX["P"]
     iscr = (act == _ACT_INDEX["C"]) | (act == _ACT_INDEX["R"])
     isu = (act == _ACT_INDEX["U"]) | (act == _ACT_INDEX["UT"])
-    # the spaces of each row's tail (columns 49..111, the line's own bytes only) as bits, tail column j at bit j
-    bits = np.packbits(M[:, _HDR:] == 32, axis=1, bitorder="little").view("<u8").ravel()
-    bits &= (np.uint64(1) << q.astype(np.uint64)) - np.uint64(1)
+    # the spaces of each row's tail (columns 49..111, the line's own bytes only), tail column j at bit j
+    bits = tail_sp & ((np.uint64(1) << q.astype(np.uint64)) - np.uint64(1))
+    del tail_sp
     b2 = bits & (bits - np.uint64(1))  # without the first
     b3 = b2 & (b2 - np.uint64(1))
     p1 = np.minimum(_ctz(bits), q)  # first space in the tail (q: none)
