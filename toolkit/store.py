@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import quote
 
@@ -313,22 +314,30 @@ def _write_chunks(base: Path, t: Trace, chunks: Iterable[ParseResult], files: li
             tmps[dev] = (rel, tmp)
         return writers[dev]
 
+    def write(ev: pd.DataFrame, row: int) -> None:
+        codes, devs = _dev_values(t, ev)
+        for s in range(0, len(ev), ROW_GROUP):
+            chunk = ev.iloc[s:s + ROW_GROUP].copy()
+            chunk["_row"] = np.arange(row + s, row + s + len(chunk), dtype=np.int64)
+            tbl = _to_arrow(chunk, schema)
+            cc = codes[s:s + ROW_GROUP]
+            present = np.unique(cc)
+            for c in present.tolist():
+                part = tbl if len(present) == 1 else tbl.filter(pa.array(cc == c))
+                writer(devs[c], part.schema).write_table(part, row_group_size=ROW_GROUP)
+            del tbl, chunk
+
+    # one chunk is written (Arrow, zstd) on a thread while the parser builds the next one
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
+    inflight: Future | None = None
     try:
         for res in chunks:
             nchunks += 1
             single = res if nchunks == 1 else None
             ev = res.events
-            codes, devs = _dev_values(t, ev)
-            for s in range(0, len(ev), ROW_GROUP):
-                chunk = ev.iloc[s:s + ROW_GROUP].copy()
-                chunk["_row"] = np.arange(row + s, row + s + len(chunk), dtype=np.int64)
-                tbl = _to_arrow(chunk, schema)
-                cc = codes[s:s + ROW_GROUP]
-                present = np.unique(cc)
-                for c in present.tolist():
-                    part = tbl if len(present) == 1 else tbl.filter(pa.array(cc == c))
-                    writer(devs[c], part.schema).write_table(part, row_group_size=ROW_GROUP)
-                del tbl, chunk
+            if inflight is not None:
+                inflight.result()
+            inflight = pool.submit(write, ev, row)
             row += len(ev)
             summary.add(res)
             for c in ev.columns:
@@ -339,6 +348,9 @@ def _write_chunks(base: Path, t: Trace, chunks: Iterable[ParseResult], files: li
             meta = res.meta
             last_ev = ev.iloc[:0]
             del ev, res
+        if inflight is not None:
+            inflight.result()
+            inflight = None
         if not writers and last_ev is not None:  # no events: one empty part keeps the schema
             chunk = last_ev.copy()
             chunk["_row"] = np.zeros(0, dtype=np.int64)
@@ -346,11 +358,15 @@ def _write_chunks(base: Path, t: Trace, chunks: Iterable[ParseResult], files: li
             _, devs = _dev_values(t, last_ev)
             writer(devs[0] if devs else "-", tbl.schema).write_table(tbl, row_group_size=ROW_GROUP)
     except BaseException:
+        if inflight is not None:
+            wait([inflight])
+        pool.shutdown()
         for w in writers.values():
             w.close()
         for _, tmp in tmps.values():
             tmp.unlink(missing_ok=True)
         raise
+    pool.shutdown()
     for w in writers.values():
         w.close()
     names = sorted(d for d in tmps if d != "-") + (["-"] if "-" in tmps else [])
