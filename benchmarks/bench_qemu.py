@@ -139,12 +139,14 @@ def main() -> None:
         res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
                               "records_per_s": round(n / r["seconds"])}
         print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
-              f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB")
+              f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s, workers {r['cpu_workers_s']:.2f} s)"
+              f"  peak {r['maxrss_mb']:.0f} MB")
         r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
                        f"trace_events={str(tef)!r}, args_text=False{wk})\nn = len(r.events)")
         res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
         print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
-              f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB")
+              f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s, workers "
+              f"{r2['cpu_workers_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB")
         script = Path(a.simpletrace) / "simpletrace.py"
         if script.exists() and not a.skip_simpletrace:
             t = time.perf_counter()
