@@ -250,6 +250,12 @@ def test_two_processes_same_result(tmp_path, monkeypatch, long_line):
     _assert_same(two, one)
     pd.testing.assert_frame_equal(qemu_log.parse(p, workers=1).events, one.events, check_categorical=False)
 
+    def fail(*_a):
+        raise OSError("no space left")
+
+    monkeypatch.setattr(qemu_log, "_dump", fail)  # the child fails: its half is read by the parent
+    _assert_same(qemu_log.parse(p, workers=2, parallel_min=0, chunk_size=16 << 10), one)
+
 
 @pytest.mark.parametrize("s,f", QEMU_LOGS[::3], ids=[f"{s}/{f}" for s, f in QEMU_LOGS[::3]])
 def test_parse_iter_chunks_concatenate_to_parse(s, f):

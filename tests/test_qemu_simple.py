@@ -202,6 +202,14 @@ def test_two_processes_same_result(tmp_path, te_file, monkeypatch, order):
     pd.testing.assert_frame_equal(two.events, one.events, check_exact=True)
     pd.testing.assert_frame_equal(two.rejects, one.rejects, check_exact=True)
     assert two.meta == one.meta
+
+    def fail(*_a):
+        raise OSError("no space left")
+
+    monkeypatch.setattr(qemu_simple, "_dump", fail)  # the child fails: its rows are decoded by the parent
+    three = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0)
+    pd.testing.assert_frame_equal(three.events, one.events, check_exact=True)
+    monkeypatch.undo()
     for at in (False,):
         a = qemu_simple.parse(p, trace_events=te_file, workers=1, args_text=at)
         b = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0, args_text=at)

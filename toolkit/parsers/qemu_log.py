@@ -24,6 +24,7 @@ import signal
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -384,16 +385,16 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
         finally:
             os._exit(code)
     os.close(fd)
+    t0 = time.monotonic()
     try:
         first.extend(it)
     except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        _stop_child(pid)
         os.unlink(tmp)
         raise
-    _, status = os.waitpid(pid, 0)
+    status = _wait_child(pid, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0)))
     try:
-        objs = _load_all(tmp) if status == 0 else None
+        objs = _load_all(tmp) if status == 0 else None  # None: killed or failed
         second, cacc = (objs[:-1], objs[-1]) if objs else (None, None)
     finally:
         os.unlink(tmp)
@@ -413,6 +414,32 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
         for k in ("lines", "events", "untimed", "rejects"):
             acc[k] += part[k]
     return first + [(None if ev is None else _shift_pos(ev, off), _shift_pos(rej, off)) for ev, rej in second]
+
+
+#: seconds a worker may take beyond the parent's own half (at least; else 10x the parent's time) before it is
+#: stopped and its half read by the parent (a stuck child must not hang the reader)
+CHILD_WAIT_MIN = 120.0
+
+
+def _wait_child(pid: int, limit: float) -> int | None:
+    """The child's exit status, or None (it was killed) if it is not done within ``limit`` seconds."""
+    end = time.monotonic() + limit
+    delay = 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > end:
+            _stop_child(pid)
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _stop_child(pid: int) -> None:
+    """Kill and reap a worker this reader forked (not reaped yet, so the pid is still its own)."""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _shift_pos(df: pd.DataFrame, off: int) -> pd.DataFrame:

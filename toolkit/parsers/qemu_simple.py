@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 import tempfile
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -35,11 +36,14 @@ from toolkit.parsers import ParseResult, reject_rows
 from toolkit.parsers import trace_events as te
 from toolkit.parsers.qemu_log import (
     ARG_COLUMNS,
+    CHILD_WAIT_MIN,
     INT_COLUMNS,
     POINTER_COLUMNS,
     _dump,
     _load,
     _shm_dir,
+    _stop_child,
+    _wait_child,
     _workers,
 )
 
@@ -389,9 +393,16 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
     job = _Job(data, words, starts, code, length, nargs, ev_names, gdecls, order, typed, args_text)
     h = k // 2 if two else k
     child = _fork_fill(job, h, k) if two else None
-    args, state_rows, state_vals = job.fill(0, h)
+    t0 = time.monotonic()
+    try:
+        args, state_rows, state_vals = job.fill(0, h)
+    except BaseException:
+        if child is not None:
+            _stop_child(child[0])
+            os.unlink(child[1])
+        raise
     if child is not None:
-        args2, rows2, vals2 = _wait_fill(job, child, h, k)
+        args2, rows2, vals2 = _wait_fill(job, child, h, k, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0)))
         args = pa.chunked_array([args, args2])
         state_rows += rows2
         state_vals += vals2
@@ -517,10 +528,11 @@ def _fork_fill(job: _Job, lo: int, hi: int) -> tuple[int, str] | None:
     return pid, tmp
 
 
-def _wait_fill(job: _Job, child: tuple[int, str], lo: int, hi: int) -> tuple[pa.Array, list[np.ndarray], list]:
-    """The child's text and states (or the same work here if it failed)."""
+def _wait_fill(job: _Job, child: tuple[int, str], lo: int, hi: int,
+               limit: float) -> tuple[pa.Array, list[np.ndarray], list]:
+    """The child's text and states (or the same work here if it failed or is not done within ``limit`` s)."""
     pid, tmp = child
-    _, status = os.waitpid(pid, 0)
+    status = _wait_child(pid, limit)
     try:
         if status == 0:
             return _load(tmp)
