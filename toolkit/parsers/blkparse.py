@@ -9,6 +9,12 @@ Two paths read the same lines and must agree (tests check it line for line on th
   separated tokens of every line from byte masks, checks each line's shape by its action and tokens, and decodes
   the numbers with digit matrices. Every line it cannot vouch for goes to the grammar.
 
+A file is read in blocks of whole lines (``chunk_bytes``); with ``workers`` > 1 (default 2 on a machine with 2 or
+more CPUs) the blocks of a file of more than one block are parsed by that many threads, numpy and pyarrow releasing
+the GIL. Every block writes its rows straight into the table's columns, from the row of its first line on (a
+block has at most one row per line); the gaps that non-event lines leave are closed at the end. The result does not
+depend on the number of threads or the block size.
+
 Times are ``seconds * 1e9 + ns`` as printed, i.e. ns since blkparse's genesis (the first event of the trace):
 ``meta['clock'] == 'relative'``. Sectors are 512-byte units; ``bytes`` is ``nsect * 512`` (pc lines: the
 printed byte count). ``sector`` is -1 where blkparse printed none (data-less Q/G/D lines, P, U). ``[(null)]``
@@ -858,6 +864,7 @@ class _Out:
         if not cols:
             return slot, 0, b"", None, None
         n = len(cols["line"])
+        assert slot + n <= self.cap, "more rows than the block's bytes can hold"
         sl = slice(slot, slot + n)
         a = self.a
         a["pos"][sl] = cols["line"]
@@ -982,14 +989,17 @@ def _plain_blocks(path: str, size: int, bufs: list[bytearray], max_line: int = f
     carry = b""
     n = 0
     skip: list | None = None  # [line number (1-based), length so far, head] of an over-long line
-    cap = size + max_line + _W + 1
     try:
         with open(path, "rb") as f:
+            fsize = os.fstat(f.fileno()).st_size
+            rd = max(1, min(size, fsize))  # bytes read at a time (a small file: a small buffer)
             while True:
-                buf = bufs.pop() if bufs else bytearray(cap)
                 lc = len(carry)
+                buf = bufs.pop() if bufs else None
+                if buf is None or len(buf) < lc + rd + _W + 1:
+                    buf = bytearray(max(lc, min(max_line, fsize)) + rd + _W + 1)
                 buf[:lc] = carry
-                k = f.readinto(memoryview(buf)[lc:lc + size])
+                k = f.readinto(memoryview(buf)[lc:lc + rd])
                 if not k:
                     bufs.append(buf)
                     break
@@ -1047,11 +1057,11 @@ def _chunks(items: Iterator, fast: bool, workers: int, out: _Out, fi: int, bufs:
             _, body, n = item
             nb = body[2] - body[1] if isinstance(body, tuple) else len(body)
             out.top = max(out.top, base + n)  # the rows of the blocks before end here at the latest
-            if base + n + nb > out.cap:  # room for a row per byte: wait for the blocks in flight, grow
+            if base + n + _max_rows(nb) > out.cap:  # no room: wait for the blocks in flight, then grow
                 for p in pending:
                     if p[0] == "fut":
                         p[1].exception()
-                out.grow(base + n + 2 * nb)
+                out.grow(base + n + 2 * _max_rows(nb))
             job = (out, base + n, fi, body, n + 1, fast)
             del body
             if workers > 1 and ex is None and any(p[0] == "job" for p in pending):
@@ -1085,14 +1095,18 @@ def _done(p: tuple, out: _Out, base: int, bufs: list) -> tuple:
     return r
 
 
-def _lines_estimate(path: str, chunk_bytes: int) -> int:
-    """Rows to reserve for a file: for plain text, its size / 32 bytes (blkparse's event lines are longer) and room
-    for one block of a row per byte, at most its size; 1 M for a compressed file. More are added when needed; rows
-    never written take no memory."""
+def _max_rows(nbytes: int) -> int:
+    """At most this many event lines fit in ``nbytes`` bytes (the shortest an event line can be is 27 bytes with its
+    newline: 8 tokens, a 9-digit ns)."""
+    return nbytes // 16 + 1
+
+
+def _lines_estimate(path: str) -> int:
+    """Rows to reserve for a file: for plain text as many as it can hold (:func:`_max_rows`), 1 M for a compressed
+    file. More are added when needed; rows never written take no memory."""
     try:
         if fileio.compression(path) is None:
-            size = os.path.getsize(path)
-            return min(size, size // 32 + chunk_bytes) + 1024
+            return _max_rows(os.path.getsize(path)) + 1024
     except OSError:
         pass
     return 1 << 20
@@ -1125,7 +1139,7 @@ def parse(paths: list[str] | str, chunk_bytes: int = 8 << 20, fast: bool = True,
         stream = fileio.Stream(path, size=chunk_bytes)
         plain = fileio.compression(path) is None
         blocks = _plain_blocks(path, chunk_bytes, bufs) if plain else fileio.line_blocks(stream)
-        out.grow(out.top + _lines_estimate(path, chunk_bytes))
+        out.grow(out.top + _lines_estimate(path))
         line0 = 1
         rej_rows = []
         other = []  # (line, length, reason, text): over-long lines, the last line when it has no newline
