@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import QEMU_LOGS, TRACES
 
+from toolkit import parsers
 from toolkit.parsers import detect_format, qemu_log
 
 IND = re.compile(r"^(?:\d+@\d+\.\d+:)?([a-z][a-z0-9]*_[A-Za-z0-9_]*)(?: |$)")
@@ -271,6 +272,17 @@ def test_parse_iter_chunks_concatenate_to_parse(s, f):
     assert (pos == ref.events["pos"].to_numpy()).all()
     assert [c.meta["lines"] for c in chunks] == sorted(c.meta["lines"] for c in chunks)
     assert chunks[-1].meta == ref.meta
+    # categories: every value used so far, in parse()'s order; the last chunk's are parse()'s
+    final = list(ref.events["event"].cat.categories)
+    seen: list[str] = []
+    for c in chunks:
+        cats = list(c.events["event"].cat.categories)
+        assert set(seen) <= set(cats) and set(c.events["event"].astype(str)) <= set(cats)
+        assert cats == [x for x in final if x in set(cats)]
+        seen = cats
+    assert seen == final and list(chunks[-1].events["file"].cat.categories) == list(ref.events["file"].cat.categories)
+    via = list(parsers.parse_iter("qemu-log", [path], chunk_size=16 << 10))  # the format dispatcher
+    _assert_same(qemu_log.concat(via), ref)
 
 
 def test_parse_iter_cut_inputs_and_several_files(tmp_path):

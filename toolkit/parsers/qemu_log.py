@@ -106,14 +106,15 @@ def parse_iter(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: 
                chunk_size: int = CHUNK, **_: object) -> Iterator[ParseResult]:
     """The table :func:`parse` returns, as consecutive chunks (one per block of about ``chunk_size`` bytes).
 
-    Each chunk has the QEMU_EVENTS / REJECTS columns; its categorical columns hold the chunk's own categories
-    (:func:`concat` unifies them: ``concat(list(parse_iter(p)))`` equals ``parse(p)``). ``meta`` of a chunk
-    counts what was read so far; the last chunk's is complete (the same as ``parse``'s). One process, memory
-    bounded by a block.
+    Each chunk has the QEMU_EVENTS / REJECTS columns. Its ``event`` and ``file`` categories are every value
+    used so far, sorted (parse()'s order, unless the first block names every value: then parse() keeps that
+    block's order); the last chunk's are parse()'s and ``concat(list(parse_iter(p)))`` equals ``parse(p)``. ``meta`` of a chunk counts what was
+    read so far; the last chunk's is complete (the same as ``parse``'s). One process, memory bounded by a block.
     """
     acc = _new_acc()
     held: tuple[pd.DataFrame | None, list[pd.DataFrame]] | None = None  # one chunk back: the last gets the meta
     pending: list[pd.DataFrame] = []  # rejects (over-long, cut lines) not yet in a chunk
+    minis: dict[str, list[pd.Series]] = {"event": [], "file": []}
     for path in _path_list(paths):
         name = fileio.display_name(path, base)
         for ev, rej in _file_parts(path, name, chunk_size, acc):
@@ -124,24 +125,61 @@ def parse_iter(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: 
                     pending.append(rej)
                 continue
             if held is not None:
-                yield _chunk(held, acc, final=False)
+                yield _chunk((_cumulative(held[0], minis), held[1]), acc, final=False)
             held, pending = (ev, [*pending, rej]), []
     if held is None:
         held = (None, pending)
     else:
         held[1].extend(pending)
+        if minis["event"]:  # not the only chunk
+            held = (_cumulative(held[0], minis, final=True), held[1])
     yield _chunk(held, acc, final=True)
 
 
+def _cumulative(ev: pd.DataFrame, minis: dict[str, list[pd.Series]], *, final: bool = False) -> pd.DataFrame:
+    """``ev`` with its categorical columns recoded to the values used in it and in the chunks before (sorted),
+    or, ``final``, to the dtype parse()'s table gets from :func:`_common_categories` and concat (from
+    ``minis``: one value per category used, per chunk, with the chunk's dtype; updated)."""
+    for col, ms in minis.items():
+        c = ev[col].array
+        codes = np.asarray(c.codes)
+        used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(c.categories)))
+        if (codes < 0).any():
+            used = np.append(used, -1)
+        ms.append(pd.Series(pd.Categorical.from_codes(used, dtype=c.dtype)))
+        if final:  # as parse() ends up: the first block's own dtype if it names every value, else sorted
+            dtype = pd.concat(ms, ignore_index=True).astype("category").dtype
+            if ms[0].dtype == dtype:  # same values (order not compared)
+                dtype = ms[0].dtype
+        else:
+            vals = pd.concat([m.astype(m.dtype.categories.dtype) for m in ms], ignore_index=True)
+            dtype = vals.astype("category").dtype
+        if not (c.dtype == dtype and c.categories.equals(dtype.categories)):
+            # recoded by hand: astype() keeps a categorical whose dtype compares equal (same set, other order)
+            lut = np.append(dtype.categories.get_indexer(c.categories), -1)
+            ev = ev.assign(**{col: pd.Categorical.from_codes(lut[codes], dtype=dtype)})
+    return ev
+
+
 def concat(chunks: Iterable[ParseResult]) -> ParseResult:
-    """One ParseResult from the chunks of :func:`parse_iter` (categories unified as ``parse`` does them)."""
+    """One ParseResult from the chunks of :func:`parse_iter`: parse()'s (categories as the last chunk's)."""
     chunks = list(chunks)
     if not chunks:
         return _combine([], [], _new_acc())
     if len(chunks) == 1:
         return chunks[0]
-    r = _combine([c.events for c in chunks], [c.rejects for c in chunks], _new_acc())
-    return ParseResult(events=r.events, rejects=r.rejects, meta=chunks[-1].meta)
+    last = chunks[-1].events
+    parts = []
+    for c in chunks:
+        ev = c.events
+        for col in ("event", "file"):
+            a, dtype = ev[col].array, last[col].dtype
+            if not (a.dtype == dtype and a.categories.equals(dtype.categories)):
+                lut = np.append(dtype.categories.get_indexer(a.categories), -1)
+                ev = ev.assign(**{col: pd.Categorical.from_codes(lut[np.asarray(a.codes)], dtype=dtype)})
+        parts.append(ev)
+    rejects = pd.concat([c.rejects for c in chunks], ignore_index=True)
+    return ParseResult(events=pd.concat(parts, ignore_index=True), rejects=rejects, meta=chunks[-1].meta)
 
 
 def _chunk(held: tuple[pd.DataFrame | None, list[pd.DataFrame]], acc: dict, *, final: bool) -> ParseResult:
