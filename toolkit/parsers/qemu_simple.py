@@ -222,7 +222,13 @@ def _candidates(data: bytes, buf: np.ndarray, order: str, u64: np.dtype) -> tupl
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     words = np.ndarray(shape=(L - 7,), dtype=u64, buffer=buf, strides=(1,))  # the u64 at every byte offset
     big = _big(u64)
-    pos = np.flatnonzero(buf == 1)
+    parts = []
+    hit = np.empty(min(L, _SCAN), dtype=bool)
+    for off in range(0, L, _SCAN):  # cache-sized slices: no file-sized mask
+        h = hit[:min(_SCAN, L - off)]
+        np.equal(buf[off:off + _SCAN], 1, out=h)
+        parts.append(np.flatnonzero(h) + off)
+    pos = np.concatenate(parts)
     if big:
         pos -= 7
     pos = pos[(pos >= 24) & (pos <= L - 32)]
@@ -233,6 +239,9 @@ def _candidates(data: bytes, buf: np.ndarray, order: str, u64: np.dtype) -> tupl
     nxt = pos + 8 + length
     ok = ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24) & (nxt <= L)
     return pos[ok], nxt[ok]
+
+
+_SCAN = 1 << 18
 
 
 def _big(u64: np.dtype) -> bool:
@@ -369,8 +378,7 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
     ids, code = np.asarray(fu, dtype=np.uint64), fc.astype(np.int32 if len(fu) >= 2**15 else np.int16)
     ev_names: list[str] = []
     gdecls: list[list[te.Arg]] = []
-    nmax = np.zeros(len(ids), dtype=np.int64)
-    np.maximum.at(nmax, code, nargs)
+    nmax: np.ndarray | None = None  # most values per record of each id (for ids without a declaration)
     for gi, i in enumerate(ids):
         i = int(i)
         if i == DROPPED_EVENT_ID:
@@ -387,6 +395,9 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
         elif decl is None and decls is not None and nm not in meta["unknown_events"]:
             meta["unknown_events"].append(nm)
         if decl is None:
+            if nmax is None:
+                nmax = np.zeros(len(ids), dtype=np.int64)
+                np.maximum.at(nmax, code, nargs)
             decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
         gdecls.append(decl)
     typed = _typed_arrays(k, shared=two)
