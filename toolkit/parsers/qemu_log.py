@@ -371,7 +371,7 @@ def _workers(workers: int | None) -> int:
 
 
 def _split_point(path: str | os.PathLike, parallel_min: int, chunk_size: int) -> int | None:
-    """A line start near the middle of an uncompressed file of at least ``parallel_min`` bytes, or None.
+    """A line start near the middle (52 %) of an uncompressed file of at least ``parallel_min`` bytes, or None.
 
     The first half holds at least the whole first block (the one checked for garbage)."""
     rs = min(chunk_size, READ_SIZE)
@@ -380,17 +380,18 @@ def _split_point(path: str | os.PathLike, parallel_min: int, chunk_size: int) ->
         if fileio.compression(path) is not None:
             return None
         size = os.path.getsize(path)
-        if size < parallel_min or size // 2 < first:
+        mid = size * 13 // 25  # the child also writes its tables out (~8 % more): the parent reads 52 %
+        if size < parallel_min or mid < first:
             return None
         with open(path, "rb") as f:
-            f.seek(size // 2 - 1)
+            f.seek(mid - 1)
             look = f.read(fileio.MAX_LINE + 1)
     except (OSError, fileio.TraceError):
         return None
     i = look.find(b"\n")
     if i < 0:
         return None
-    cut = size // 2 + i
+    cut = mid + i
     return cut if cut < size else None
 
 
