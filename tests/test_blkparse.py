@@ -199,8 +199,9 @@ def test_fixed_width_path_agrees_with_grammar(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("compressed", [False, True])
-def test_threads_equal_single_thread(tmp_path: Path, compressed: bool) -> None:
-    """Blocks parsed by 2 threads give the same table, rejects (line numbers) and summary as one thread."""
+def test_threads_equal_single_thread(tmp_path: Path, compressed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks parsed by 2 threads, in groups of lines, give the same table, rejects (line numbers) and summary as one
+    thread parsing whole blocks."""
     path = max(TEXTS, key=lambda p: Path(p).stat().st_size)
     lines = lzma.decompress(Path(path).read_bytes()).decode().split("\n")
     bad = [3, len(lines) // 3, len(lines) // 2]
@@ -214,8 +215,9 @@ def test_threads_equal_single_thread(tmp_path: Path, compressed: bool) -> None:
     else:
         p.write_bytes(text)
     one = blkparse.parse([str(p)], chunk_bytes=20_000, workers=1)
-    two = blkparse.parse([str(p)], chunk_bytes=20_000, workers=2)
     default = blkparse.parse([str(p)])
+    monkeypatch.setattr(blkparse, "_GROUP", 50)  # blocks of 20 kB parsed 50 lines at a time
+    two = blkparse.parse([str(p)], chunk_bytes=20_000, workers=2)
     assert len(text) > 10 * 20_000 and len(one.events) > 4000
     pd.testing.assert_frame_equal(one.events, two.events, check_exact=True)
     pd.testing.assert_frame_equal(one.events, default.events, check_exact=True)
