@@ -607,22 +607,37 @@ def _args_text(groups: list[_Group], k: int, args_text: bool) -> pa.Array:
             parts.append(pa.nulls(n, pa.large_string()))
             continue
         labels = [(f" {a.name}=0x" if j else f"{a.name}=0x").encode() for j, a in enumerate(g.decl)]
-        m = len(labels)
-        width = sum(len(x) + 16 for x in labels)
+        digits = [_hex_digits(g.values[j][0]) for j in range(len(labels))]
+        # a value with the same number of digits in every row takes just those columns; the others take 16,
+        # and the text skips their leading zeros (a range ends before them, the next starts at the digits)
+        fixed = [int(d[0]) if (d == d[0]).all() else 0 for d in digits]
+        width = sum(len(x) + (f or 16) for x, f in zip(labels, fixed, strict=True))
         mat = np.empty((n, width), dtype=np.uint8)
         base = np.arange(n, dtype=np.int64) * width
-        A = [base]
-        B = [base + len(labels[0])]
+        A: list[np.ndarray] = []
+        B: list[np.ndarray] = []
+        start = base
         c = 0
         for j, lab in enumerate(labels):
-            v = g.values[j][0]
             mat[:, c:c + len(lab)] = np.frombuffer(lab, dtype=np.uint8)
             c += len(lab)
-            mat[:, c:c + 16] = _hex16(v)
+            h = _hex16(g.values[j][0])
+            f = fixed[j]
+            if f:
+                mat[:, c:c + f] = h[:, 16 - f:]
+                c += f
+                continue
+            mat[:, c:c + 16] = h
+            A.append(start)
+            B.append(base + c)
             c += 16
-            # range j+1: the digits of value j (no leading zeros) and the label after it
-            A.append(base + (c - _hex_digits(v)))
-            B.append(base + (c + (len(labels[j + 1]) if j + 1 < m else 0)))
+            start = base + (c - digits[j])
+        if not A:  # every row is its whole matrix row: the matrix is the text
+            offs = np.arange(n + 1, dtype=np.int64) * width
+            parts.append(pa.LargeStringArray.from_buffers(n, pa.py_buffer(offs), pa.py_buffer(mat.reshape(-1))))
+            continue
+        A.append(start)
+        B.append(base + c)
         parts.append(_ranges_text(mat.reshape(-1), A, B))
     if not parts:
         return pa.array([], pa.large_string())
