@@ -641,10 +641,11 @@ def _args_text(groups: list[_Group], k: int, args_text: bool) -> pa.Array:
         parts.append(_ranges_text(mat.reshape(-1), A, B))
     if not parts:
         return pa.array([], pa.large_string())
-    txt = pa.concat_arrays(parts)
     inv = np.empty(k, dtype=np.int64)
     inv[np.concatenate([g.rows for g in groups])] = np.arange(k)
-    return pc.take(txt, pa.array(inv), boundscheck=False)
+    # take from the groups' arrays as chunks (no concatenated copy first)
+    out = pc.take(pa.chunked_array(parts, pa.large_string()), pa.array(inv), boundscheck=False)
+    return out.chunk(0) if out.num_chunks == 1 else out.combine_chunks()
 
 
 def write(path: str | os.PathLike, names: dict[int, str], records: Iterable[tuple[int, int, int, list]],
