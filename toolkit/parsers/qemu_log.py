@@ -11,7 +11,10 @@ Times are host CLOCK_REALTIME in ns (microsecond resolution); bare logs have nul
 ``meta['timestamps'] = False``. Everything else in the file (warnings, monitor chatter, binary noise, a line cut
 by the end of the file) becomes a REJECTS row with its 1-based line number: nothing is dropped silently.
 
-The reader is vectorised with pyarrow compute over whole chunks (no per-line Python).
+The reader is vectorised with numpy and pyarrow compute over whole blocks (no per-line Python). An uncompressed
+file of at least ``PARALLEL_MIN`` bytes is read by two processes (the second part, cut at a line start, in a
+forked child whose tables come back through a mapped temporary file); the result is the same as one process's.
+:func:`parse_iter` yields the same table in chunks (one per block), :func:`concat` joins them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ without one every argument is a raw u64 named ``arg0..`` and a note says so. Dro
 
 Speed: record starts are found for the whole file at once (a slot is a record when its type, pid and length
 words fit and its length leads exactly to the next one); only mapping records, records with string arguments and
-whatever breaks that chain are read one by one. ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
+whatever breaks that chain are read one by one. A file of at least ``PARALLEL_MIN`` bytes has the second half of
+its records decoded by a forked child (typed columns in shared memory, its text mapped back from a temporary file;
+same result). ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
 """
 
 from __future__ import annotations
