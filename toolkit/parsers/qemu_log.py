@@ -28,7 +28,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -413,34 +414,24 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
         first.append(part)
         if part[0] is not None:
             break
-    fd, tmp = tempfile.mkstemp(prefix="writeorder-qemu-log-", dir=_shm_dir())
-    pid = os.fork()
-    if pid == 0:  # the child: the second half
-        code = 1
-        try:
-            cacc = _new_acc()
-            with os.fdopen(fd, "wb") as f:  # each part as soon as it is read, the totals last
-                for part in _file_parts(path, name, chunk_size, cacc, span=(cut, size)):
-                    _dump(f, part)
-                _dump(f, cacc)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(fd)
+    def work(f) -> None:  # in the child: each part as soon as it is read, the totals last
+        cacc = _new_acc()
+        for part in _file_parts(path, name, chunk_size, cacc, span=(cut, size)):
+            _dump(f, part)
+        _dump(f, cacc)
+
+    child = _fork(work)
     t0 = time.monotonic()
     try:
         first.extend(it)
     except BaseException:
-        _stop_child(pid)
-        os.unlink(tmp)
+        if child is not None:
+            _stop_child(child[0])
+            os.close(child[1])
         raise
-    status = _wait_child(pid, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0)))
-    try:
-        objs = _load_all(tmp) if status == 0 else None  # None: killed or failed
-        second, cacc = (objs[:-1], objs[-1]) if objs else (None, None)
-    finally:
-        os.unlink(tmp)
-    if second is None:  # the child failed: the same work here
+    objs = _collect(child, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0))) if child is not None else None
+    second, cacc = (objs[:-1], objs[-1]) if objs else (None, None)
+    if second is None:  # the child failed (or could not start): the same work here
         cacc = _new_acc()
         second = list(_file_parts(path, name, chunk_size, cacc, span=(cut, size)))
     if pacc.get("long") or cacc.get("long"):  # lines over MAX_LINE: read as one process would
@@ -463,19 +454,57 @@ def _parse_split(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
 CHILD_WAIT_MIN = 120.0
 
 
+def _fork(work: Callable[[BinaryIO], None]) -> tuple[int, int] | None:
+    """Fork a worker running ``work(file)``: what it writes goes to a temporary file that has no name (removed
+    at once: nothing is left behind, however either process ends). Returns (pid, fd), or None."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="writeorder-", dir=_shm_dir())
+    except OSError:
+        return None
+    os.unlink(tmp)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(fd)
+        return None
+    if pid == 0:
+        code = 1
+        try:
+            with os.fdopen(fd, "wb") as f:
+                work(f)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid, fd
+
+
+def _collect(child: tuple[int, int], limit: float) -> list | None:
+    """What the worker wrote (:func:`_load_all`), or None if it failed or was stopped after ``limit`` s."""
+    pid, fd = child
+    try:
+        return _load_all(fd) if _wait_child(pid, limit) == 0 else None
+    finally:
+        os.close(fd)
+
+
 def _wait_child(pid: int, limit: float) -> int | None:
     """The child's exit status, or None (it was killed) if it is not done within ``limit`` seconds."""
     end = time.monotonic() + limit
     delay = 0.001
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > end:
-            _stop_child(pid)
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() > end:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+    except BaseException:  # interrupted while waiting: the worker is stopped too
+        _stop_child(pid)
+        raise
+    _stop_child(pid)
+    return None
 
 
 def _stop_child(pid: int) -> None:
@@ -512,19 +541,12 @@ def _dump(f, obj: object) -> None:
         pos += pad + r.nbytes
 
 
-def _load(path: str) -> object:
-    """The first object :func:`_dump` wrote to the file."""
-    return _load_all(path)[0]
-
-
-def _load_all(path: str) -> list:
-    """Every object :func:`_dump` wrote, in order, their buffers mapped from the file (private copy-on-write
-    pages, no copy)."""
-    with open(path, "rb") as f:
-        if not os.fstat(f.fileno()).st_size:
-            return []
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    view = memoryview(mm)
+def _load_all(fd: int) -> list:
+    """Every object :func:`_dump` wrote to the file open as ``fd``, in order, their buffers mapped from it
+    (private copy-on-write pages, no copy)."""
+    if not os.fstat(fd).st_size:
+        return []
+    view = memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_COPY))
     out = []
     pos = 0
     while pos < len(view):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterable
 
@@ -41,11 +40,10 @@ from toolkit.parsers.qemu_log import (
     CHILD_WAIT_MIN,
     INT_COLUMNS,
     POINTER_COLUMNS,
+    _collect,
     _dump,
-    _load,
-    _shm_dir,
+    _fork,
     _stop_child,
-    _wait_child,
     _workers,
 )
 
@@ -412,7 +410,7 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
     except BaseException:
         if child is not None:
             _stop_child(child[0])
-            os.unlink(child[1])
+            os.close(child[1])
         raise
     if child is not None:
         args2, rows2, vals2 = _wait_fill(job, child, h, k, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0)))
@@ -521,37 +519,16 @@ class _Job:
         return _args_text(groups, n, self.args_text), state_rows, state_vals
 
 
-def _fork_fill(job: _Job, lo: int, hi: int) -> tuple[int, str] | None:
-    """Start a child filling rows [lo, hi): (pid, file its text and states come back in), or None."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="writeorder-qemu-simple-", dir=_shm_dir())
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:
-        code = 1
-        try:
-            out = job.fill(lo, hi)
-            with os.fdopen(fd, "wb") as f:
-                _dump(f, out)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(fd)
-    return pid, tmp
+def _fork_fill(job: _Job, lo: int, hi: int) -> tuple[int, int] | None:
+    """Start a child filling rows [lo, hi): (pid, fd of the file its text and states come back in), or None."""
+    return _fork(lambda f: _dump(f, job.fill(lo, hi)))
 
 
-def _wait_fill(job: _Job, child: tuple[int, str], lo: int, hi: int,
+def _wait_fill(job: _Job, child: tuple[int, int], lo: int, hi: int,
                limit: float) -> tuple[pa.Array, list[np.ndarray], list]:
     """The child's text and states (or the same work here if it failed or is not done within ``limit`` s)."""
-    pid, tmp = child
-    status = _wait_child(pid, limit)
-    try:
-        if status == 0:
-            return _load(tmp)
-    finally:
-        os.unlink(tmp)
-    return job.fill(lo, hi)
+    objs = _collect(child, limit)
+    return objs[0] if objs else job.fill(lo, hi)
 
 
 def _sparse_strings(k: int, rows: np.ndarray, vals: list) -> pd.api.extensions.ExtensionArray:
