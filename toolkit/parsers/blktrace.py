@@ -285,28 +285,37 @@ _WINDOW = 1 << 16
 class _Class:
     """Candidates of one alignment class (start + 8k) from ``start`` on: offsets, chain targets, chain breaks."""
 
-    __slots__ = ("cand", "nxt", "brk")
+    __slots__ = ("cand", "brk", "_pl", "_start")
 
     def __init__(self, mv: memoryview, order: str, start: int) -> None:
         n = len(mv)
         cnt = (n - HEADER - start) // 8 + 1 if n - HEADER >= start else 0
+        brk = [np.empty(0, dtype=np.int64)]
+        self._start = start
+        self._pl = None
         if cnt > 0:
             u = np.ndarray((cnt,), dtype=order + "u4", buffer=mv, offset=start, strides=(8,))
             k = np.flatnonzero(u == _MAGIC_V7)
-            nxt = np.ndarray((cnt,), dtype=order + "u2", buffer=mv, offset=start + 46, strides=(8,))[k].astype(
-                np.int64)
+            del u
+            self._pl = pl = np.ndarray((cnt,), dtype=order + "u2", buffer=mv, offset=start + 46, strides=(8,))
+            step = 1 << 20
+            for a in range(0, len(k) - 1, step):  # chain breaks: the next candidate is not start + 48 + pdu_len
+                b = min(len(k) - 1, a + step)
+                gap = (k[a + 1:b + 1] - k[a:b]) * 8 - HEADER
+                brk.append(np.flatnonzero(gap != pl[k[a:b]]) + a)
             cand = k
             cand *= 8
             cand += start
-            nxt += cand
-            nxt += HEADER
         else:
             cand = np.empty(0, dtype=np.int64)
-            nxt = np.empty(0, dtype=np.int64)
         self.cand = cand
-        self.nxt = nxt
-        brk = np.flatnonzero(nxt[:-1] != cand[1:])
-        self.brk = np.append(brk, len(cand) - 1)
+        brk.append(np.array([len(cand) - 1], dtype=np.int64))
+        self.brk = np.concatenate(brk)
+
+    def nxt(self, i: int) -> int:
+        """Where the record of candidate ``i`` ends (where its successor should start)."""
+        c = int(self.cand[i])
+        return c + HEADER + int(self._pl[(c - self._start) >> 3])
 
 
 def _find_records(mv: memoryview, order: str) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
@@ -330,7 +339,7 @@ def _scan(mv: memoryview, order: str, final: bool) -> tuple[np.ndarray, list[tup
     big = order == ">"
     if n >= HEADER:
         c0 = _Class(mv, order, 0)
-        if len(c0.cand) and c0.cand[0] == 0 and len(c0.brk) == 1 and c0.nxt[-1] == n:
+        if len(c0.cand) and c0.cand[0] == 0 and len(c0.brk) == 1 and c0.nxt(len(c0.cand) - 1) == n:
             return c0.cand, [], n  # intact: one chain from the first byte to the last
         classes: dict[int, _Class] = {0: c0}
     else:
@@ -351,7 +360,7 @@ def _scan(mv: memoryview, order: str, final: bool) -> tuple[np.ndarray, list[tup
             if b > k:
                 segs.append(cand[k:b])
                 pos = int(cand[b])
-            q = int(cls.nxt[b])
+            q = cls.nxt(b)
             if q == n:
                 segs.append(cand[b:b + 1])
                 pos = n
