@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import signal
+import stat
 import struct
 import tempfile
 import threading
@@ -244,7 +245,7 @@ def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
     numbered from 1 and it is not checked for garbage unless it starts the file); ``acc['long']`` is set when
     a line is longer than fileio.MAX_LINE (how such a line is read depends on where the blocks are cut).
     """
-    if span is None and fileio.compression(path) is not None:
+    if span is None and (fileio.compression(path) is not None or not _regular(path)):
         # small reads (a cut .xz loses only the last read), parsed in blocks of about chunk_size
         st: fileio.Stream | None = fileio.Stream(path, min(chunk_size, READ_SIZE))
         items = fileio.line_blocks(_blocks(st, chunk_size, first=min(chunk_size, NO_EVENT_LIMIT)))
@@ -298,6 +299,14 @@ def _file_parts(path: str | os.PathLike, name: str, chunk_size: int, acc: dict,
     acc["lines"] += line0
 
 
+def _regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file (read straight into block buffers; pipes and devices stream)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _plain_line_blocks(path: str | os.PathLike, start: int, stop: int | None, chunk_size: int,
                        max_line: int = fileio.MAX_LINE) -> Iterator[tuple]:
     """``fileio.line_blocks`` of the blocks ``_blocks`` makes of an uncompressed file's bytes [start, stop),
@@ -312,12 +321,11 @@ def _plain_line_blocks(path: str | os.PathLike, start: int, stop: int | None, ch
     skip: list | None = None  # [length so far, head] of an over-long line
     try:
         with open(path, "rb") as f:
-            if stop is None:
-                stop = os.fstat(f.fileno()).st_size
             f.seek(start)
             pos = start
-            while pos < stop:
-                m = min(want, stop - pos)
+            end = False
+            while not end and (stop is None or pos < stop):  # stop None: to the end of the file
+                m = want if stop is None else min(want, stop - pos)
                 want = whole_reads(chunk_size)
                 lc = len(carry)
                 data = bytearray(lc + m)
@@ -326,12 +334,14 @@ def _plain_line_blocks(path: str | os.PathLike, start: int, stop: int | None, ch
                 got = 0
                 while got < m and (r := f.readinto(view[lc + got:])):
                     got += r
-                pos += m
-                if got < m:  # the file shrank while read
+                if not got:
+                    break
+                pos += got
+                if got < m:  # the end of the file (or it shrank while read)
                     del view
                     del data[lc + got:]
                     view = memoryview(data)
-                    stop = pos
+                    end = True
                 base = 0
                 if skip is not None:
                     nl = data.find(b"\n", lc)
