@@ -121,7 +121,7 @@ def cmd_check(args) -> int:
     from toolkit import slicing
 
     if len(args.set) == 1 and not _fleet(args):
-        bar = _bar(None, "ingest")
+        bar = _bar(None, "check", "step")  # traces ingested, then time slices analysed
         try:
             result = slicing.check_set(args.set[0], use_cache=not args.no_cache, progress=bar,
                                        slice_events=args.slice_events)
