@@ -5,7 +5,7 @@
     python benchmarks/bench_qemu.py --simpletrace DIR   # folder with QEMU's simpletrace.py + tracetool/
 
 CPU seconds are the reader's process plus its worker processes (a big uncompressed input is read by two
-processes; ``--workers 1`` measures one). ``--only log|simple`` runs one half.
+processes when a core is idle; ``--workers 1`` / ``--workers 2`` force one / two). ``--only log|simple`` runs one half.
 
 Log backend: the real logs of traces/ (timestamped ones), copied with every copy shifted in time, parsed by
 ``toolkit.parsers.qemu_log`` in a fresh subprocess: lines/s and peak RSS (ru_maxrss). Simple backend: the real

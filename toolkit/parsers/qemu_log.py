@@ -12,7 +12,7 @@ Times are host CLOCK_REALTIME in ns (microsecond resolution); bare logs have nul
 by the end of the file) becomes a REJECTS row with its 1-based line number: nothing is dropped silently.
 
 The reader is vectorised with numpy and pyarrow compute over whole blocks (no per-line Python). An uncompressed
-file of at least ``PARALLEL_MIN`` bytes is read by two processes (the second part, cut at a line start, in a
+file of at least ``PARALLEL_MIN`` bytes is read by two processes when a core is idle (the second part, cut at a line start, in a
 forked child whose tables come back through a mapped temporary file); the result is the same as one process's.
 :func:`parse_iter` yields the same table in chunks (one per block), :func:`concat` joins them.
 """
@@ -89,7 +89,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], *, base: str |
     prefix style), ``lines``, ``truncated`` (files whose compressed stream or last line was cut), ``notes``.
 
     An uncompressed file of at least ``parallel_min`` bytes is read by two processes (the second half, cut at a
-    line start, in a forked child) unless ``workers=1``; the result is the same as with one.
+    line start, in a forked child) when a core is idle or ``workers=2`` (``workers=1``: never); the result is
+    the same as with one.
     """
     ev_parts: list[pd.DataFrame] = []
     rej_parts: list[pd.DataFrame] = []
@@ -375,13 +376,21 @@ def _plain_line_blocks(path: str | os.PathLike, start: int, stop: int | None, ch
 
 # ------------------------------------------------------------------------------------------- two processes
 def _workers(workers: int | None) -> int:
-    """How many processes may read one file: 2 where fork exists, 2 cores are there and this is the main
-    thread (forking beside other threads is not safe), unless ``workers`` says otherwise."""
+    """How many processes may read one file: 2 where fork exists and this is the main thread (forking beside
+    other threads is not safe) if ``workers`` >= 2, or, by default, if a core is idle (2 cores or more and a
+    load average below cores - 1/2: with every core busy, a second process only adds its copies)."""
     if workers is not None and workers <= 1:
         return 1
     if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
         return 1
-    return 2 if (workers or 0) >= 2 or (os.cpu_count() or 1) >= 2 else 1
+    if workers is not None:
+        return 2
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return 2 if cores >= 2 and load < cores - 0.5 else 1
 
 
 def _split_point(path: str | os.PathLike, parallel_min: int, chunk_size: int) -> int | None:

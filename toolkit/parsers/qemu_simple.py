@@ -14,7 +14,7 @@ without one every argument is a raw u64 named ``arg0..`` and a note says so. Dro
 Speed: record starts are found for the whole file at once (a slot is a record when its type, pid and length
 words fit and its length leads exactly to the next one); only mapping records, records with string arguments and
 whatever breaks that chain are read one by one. A file of at least ``PARALLEL_MIN`` bytes has the second half of
-its records decoded by a forked child (typed columns in shared memory, its text mapped back from a temporary file;
+its records decoded by a forked child when a core is idle (typed columns in shared memory, its text mapped back from a temporary file;
 same result). ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
 """
 
@@ -68,8 +68,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
 
     ``args_text=False`` leaves ``args`` null for records without string arguments (the typed columns are still
     filled): formatting every value as text is most of the cost on big files. A file of at least
-    ``parallel_min`` bytes has the second half of its records decoded by a forked child (``workers=1``: never);
-    the result is the same.
+    ``parallel_min`` bytes has the second half of its records decoded by a forked child when a core is idle or
+    ``workers=2`` (``workers=1``: never); the result is the same.
 
     meta: ``clock`` 'monotonic', ``byte_order``, ``dropped_records``/``dropped_events``, ``trace_events`` (the
     declarations file used, or None), ``unknown_events`` (ids or names without declarations), ``notes``.
