@@ -157,6 +157,9 @@ def main() -> None:
         if a.only == "text":
             main_text(a, tmp)
             return
+        if a.only == "binary":
+            main_binary(a, tmp)
+            return
         t = time.perf_counter()
         n = scale(a.source, int(a.records), tmp, "big")
         paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
@@ -198,6 +201,62 @@ def main() -> None:
               f"second (target >= 1.5)")
         print(f"binary peak RSS / table: {b['maxrss'] / b['table_bytes']:.2f} (target <= 2)")
         print(f"text peak RSS / table: {x['maxrss'] / x['table_bytes']:.2f} (target <= 2)")
+
+CHILD_ITER = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from toolkit.parsers import blktrace
+paths = {paths!r}
+t, c = time.perf_counter(), time.process_time()
+n = chunks = biggest = 0
+for r in blktrace.parse_iter(paths):
+    n += len(r.events)
+    chunks += 1
+    biggest = max(biggest, int(r.events.memory_usage(deep=True).sum()))
+    del r
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({{"seconds": dt, "cpu_s": dc, "events": n, "chunks": chunks, "table_bytes": biggest,
+                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+
+def run_iter(paths: list[str], repeat: int = 1) -> dict:
+    """``blktrace.parse_iter(paths)`` consumed chunk by chunk in ``repeat`` fresh subprocesses (median)."""
+    code = CHILD_ITER.format(root=str(ROOT), paths=paths)
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return _median(runs)
+
+
+def main_binary(a: argparse.Namespace, tmp: Path) -> None:
+    """``--only binary``: the binary reader (whole table, and chunk by chunk) and blkparse on the same files."""
+    t = time.perf_counter()
+    n = scale(a.source, int(a.records), tmp, "big")
+    paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
+    size = sum(os.path.getsize(p) for p in paths)
+    print(f"scaled {a.source} capture: {n:,} records, {size / 1e6:.0f} MB in {len(paths)} files "
+          f"({time.perf_counter() - t:.1f} s)")
+    load0 = os.getloadavg()[0]
+    b = run_reader("blktrace", paths, a.repeat)
+    it = run_iter(paths, a.repeat)
+    bp = run_blkparse(["blkparse", "-i", "big", "-D", str(tmp), "-o", "/dev/null"], a.repeat) \
+        if shutil.which("blkparse") else None
+    print(f"median of {a.repeat} runs in fresh processes; load average before {load0:.1f}, after "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for name, r in (("parse()", b), ("parse_iter()", it)) + ((("blkparse -o /dev/null", bp),) if bp else ()):
+        print(f"{name:22s} {n / r['seconds'] / 1e6:6.2f} M records/s wall ({r['seconds']:.2f} s), "
+              f"{n / r['cpu_s'] / 1e6:6.2f} M per CPU second ({r['cpu_s']:.2f} s), peak RSS {r['maxrss'] / 1e6:.0f} MB"
+              f"  runs (wall s) {r['all_seconds']}")
+    print(f"parse() peak RSS / table: {b['maxrss'] / b['table_bytes']:.2f} (target <= 2; table "
+          f"{b['table_bytes'] / 1e6:.0f} MB)")
+    print(f"parse_iter(): {it['chunks']} chunks, the largest {it['table_bytes'] / 1e6:.0f} MB; peak RSS "
+          f"{it['maxrss'] / 1e6:.0f} MB")
+    if bp:
+        print(f"binary vs blkparse: {(n / b['seconds']) / (n / bp['seconds']):.1f}x wall, "
+              f"{(n / b['cpu_s']) / (n / bp['cpu_s']):.1f}x per CPU second (target >= 10x wall)")
+
 
 def main_text(a: argparse.Namespace, tmp: Path) -> None:
     """``--only text``: the text reader and blkparse on the same records."""
