@@ -855,11 +855,12 @@ def _assemble(buf: np.ndarray, offs_parts: list, starts: list[int], paths: list[
         time = _take(np.ndarray((len(buf) - 15,), dtype="<i8", buffer=buf, offset=8, strides=(1,)), offs)
     else:
         time = _field(buf, offs, big, "time", "i8")
+    ts: list[np.ndarray] = []
     order = _time_order(time, lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "device"),
-                        lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "sequence"))
+                        lambda rows: _field(buf, offs[rows], None if big is None else big[rows], "sequence"), ts)
     if order is not None:
         offs = _take(offs, order)
-        time = _take(time, order)
+        time = ts[0]
         if fileidx is not None:
             fileidx = _take(fileidx, order)
         if big is not None:
@@ -1248,12 +1249,13 @@ _ERRNO = errno_signed(np.arange(1 << 16))
 
 
 
-def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
+def _time_order(time: np.ndarray, device, seq, sorted_out: list | None = None) -> np.ndarray | None:
     """Stable order by (time, device, sequence), or None when the rows already are in that order.
 
     A stable sort of the times (fast on per-CPU files, which are sorted runs), then equal times reordered by
     device and sequence. ``device`` and ``seq`` give those fields for an array of rows (only rows with equal
-    times are looked up).
+    times are looked up). ``sorted_out``, when given, receives ``time`` in that order (equal times only trade
+    places, so the sorted times are those of the stable sort).
     """
     if np.greater(time[1:], time[:-1]).all():
         return None
@@ -1264,6 +1266,8 @@ def _time_order(time: np.ndarray, device, seq) -> np.ndarray | None:
         order = np.argsort(time, kind="stable")
         ts = time[order]
     tie = np.flatnonzero(ts[1:] == ts[:-1])
+    if sorted_out is not None:
+        sorted_out.append(ts)
     del ts
     if len(tie):
         rows = np.unique(np.concatenate([tie, tie + 1]))
