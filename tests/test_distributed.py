@@ -44,6 +44,7 @@ def test_ingest_one_task_per_trace(client, sets, monkeypatch):
     for p, ts, entries in zip(sets, tss, got, strict=True):
         with monkeypatch.context() as m:
             m.setattr(store, "parse_trace", lambda t: pytest.fail(f"parsed again: {t.path}"))
+            m.setattr(store, "parse_trace_iter", lambda t: pytest.fail(f"parsed again (streamed): {t.path}"))
             back = store.ingest(traceset.load(p))
             assert ingest.summaries(ts, entries) == ingest.summarise_set(p)[1]
         fresh = store.ingest(traceset.load(p), use_cache=False)
