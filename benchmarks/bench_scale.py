@@ -78,6 +78,9 @@ def build(src: Path, n_events: int, out: Path) -> dict:
                 name = name[:-3] if name.endswith(".xz") else name
                 dst = out / os.path.dirname(os.path.relpath(f, src)) / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
+                if len(data) < 48:  # an empty per-CPU file (a CPU that saw no I/O) stays empty
+                    dst.write_bytes(data)
+                    continue
                 offs = blktrace._walk(data, "<", final=True)[0]
                 buf0 = np.frombuffer(data, np.uint8)
                 seq0 = np.ndarray((len(data) - 3,), "<u4", buffer=data, strides=(1,))[offs + 4].astype(np.int64)
@@ -120,9 +123,14 @@ def build(src: Path, n_events: int, out: Path) -> dict:
             manifest = manifest.replace(f'path = "{t.path}"', f'path = "{t.path.removesuffix(".xz")}"')
         else:
             raise SystemExit(f"{t.path}: format {t.format} is not scaled by this benchmark")
-    for extra in ("host-threads.tsv.xz",):
-        if (src / extra).exists():
-            shutil.copy(src / extra, out / extra)
+    # the other files of the set (thread ids, image mappings, ...) as they are
+    traced = {os.path.abspath(f) for t in ts.traces for f in t.files}
+    for f in src.rglob("*"):
+        rel = f.relative_to(src)
+        if (f.is_file() and str(f.resolve()) not in traced and os.path.abspath(f) not in traced
+                and rel.parts[0] != ".writeorder" and f.name != "traceset.toml"):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, out / rel)
     (out / "traceset.toml").write_text(manifest.replace(f'name = "{ts.name}"', f'name = "{ts.name}-x{k}"'))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"copies": k, "events_per_copy": per, "events_est": per * k, "step_ns": step, "bytes": size}

@@ -39,7 +39,8 @@ def _doc(res) -> dict:
     return json.loads(json.dumps(res.to_json(), default=str))
 
 
-@pytest.mark.parametrize("name", ["raw-none-threads", "raw-unsafe", "raw-overlap-none", "ext4-writeback"])
+@pytest.mark.parametrize("name", ["raw-none-threads", "raw-unsafe", "raw-overlap-none", "ext4-writeback",
+                                  "qcow2file-none", "raw-writethrough", "ext4-unsafe"])
 def test_sliced_verdict_equals_whole(scaled, name):
     out, per = scaled(name)
     whole = _doc(verdict.check_set(out))
@@ -50,7 +51,7 @@ def test_sliced_verdict_equals_whole(scaled, name):
     assert info[0]["unclean_cuts"] == []
     assert sliced == whole
     # the scaled sets keep their captures' findings: something to compare on the sets that have violations
-    if name in ("raw-unsafe", "raw-overlap-none"):
+    if name in ("raw-unsafe", "raw-overlap-none", "ext4-unsafe"):
         assert whole["violations"]
 
 
