@@ -72,6 +72,10 @@ class CheckResult:
             lines.append(f"  ... {len(self.violations) - 10} more (--json for all)")
         for c in self.cannot_check:
             lines.append(f"  cannot check {c['check']} ({c['disk']}): {c['reason']}")
+        for d in self.extra.get("slicing", []):
+            if d["slices"] > 1:
+                lines.append(f"  disk {d['disk']}: {d['events']:,} events checked in {d['slices']} time slices"
+                             + (f", {len(d['unclean_cuts'])} cut(s) not clean" if d["unclean_cuts"] else ""))
         return "\n".join(lines)
 
 
