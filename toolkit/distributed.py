@@ -136,6 +136,14 @@ def load_sets(paths: list[str]) -> list[TraceSet | TraceError]:
 _STORE_ENV = ("WRITEORDER_CACHE", "XDG_CACHE_HOME")
 
 
+def _set_env(values: dict[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _disk_task(path: str, disk: int, slice_events: int, env: dict[str, str | None]):
     """One disk of a set, read from the store the caller ingested into (``env``: the caller's variables that
     place the store, see store.cache_dir)."""
@@ -143,20 +151,12 @@ def _disk_task(path: str, disk: int, slice_events: int, env: dict[str, str | Non
 
     saved = {k: os.environ.get(k) for k in _STORE_ENV}
     try:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_env(env)
         return slicing.check_disk_of(path, disk, slice_events)
     except TraceError as e:
         return {"path": path, "error": str(e)}
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_env(saved)
 
 
 def check_sets(client, paths: list[str], *, use_cache: bool = True, slice_events: int | None = None,
