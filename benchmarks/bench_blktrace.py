@@ -160,12 +160,7 @@ def main() -> None:
         if a.only == "binary":
             main_binary(a, tmp)
             return
-        t = time.perf_counter()
-        n = scale(a.source, int(a.records), tmp, "big")
-        paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
-        size = sum(os.path.getsize(p) for p in paths)
-        print(f"scaled {a.source} capture: {n:,} records, {size / 1e6:.0f} MB in {len(paths)} files "
-              f"({time.perf_counter() - t:.1f} s)")
+        n, paths = scaled_binary(a, tmp)
         txt, how = make_text(a.source, int(a.lines), tmp)
         nlines = txt.read_bytes().count(b"\n")
         print(f"text: {nlines:,} lines, {txt.stat().st_size / 1e6:.0f} MB ({how})")
@@ -230,14 +225,20 @@ def run_iter(paths: list[str], repeat: int = 1) -> dict:
     return _median(runs)
 
 
-def main_binary(a: argparse.Namespace, tmp: Path) -> None:
-    """``--only binary``: the binary reader (whole table, and chunk by chunk) and blkparse on the same files."""
+def scaled_binary(a: argparse.Namespace, tmp: Path) -> tuple[int, list[str]]:
+    """Write the scaled per-CPU files ``tmp/big.blktrace.<cpu>`` and say what they are: (records, paths)."""
     t = time.perf_counter()
     n = scale(a.source, int(a.records), tmp, "big")
     paths = sorted(str(p) for p in tmp.glob("big.blktrace.*"))
     size = sum(os.path.getsize(p) for p in paths)
     print(f"scaled {a.source} capture: {n:,} records, {size / 1e6:.0f} MB in {len(paths)} files "
           f"({time.perf_counter() - t:.1f} s)")
+    return n, paths
+
+
+def main_binary(a: argparse.Namespace, tmp: Path) -> None:
+    """``--only binary``: the binary reader (whole table, and chunk by chunk) and blkparse on the same files."""
+    n, paths = scaled_binary(a, tmp)
     load0 = os.getloadavg()[0]
     b = run_reader("blktrace", paths, a.repeat)
     it = run_iter(paths, a.repeat)

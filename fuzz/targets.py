@@ -71,16 +71,25 @@ def _one_line(e: TraceError) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ block traces
+def _read(name: str, data: bytes, parse: Callable[[str], object]):
+    """Write ``data`` to a scratch file and parse it: (result, the file's decoded bytes), or None when the reader
+    refused it (then with one short line)."""
+    path = scratch_file(name, data)
+    try:
+        r = parse(path)
+    except TraceError as e:
+        _one_line(e)
+        return None
+    return r, _decoded(path, data)
+
+
 def blktrace(data: bytes) -> None:
     from toolkit.parsers import blktrace as mod
 
-    path = scratch_file("fz.blktrace.0", data)
-    try:
-        r = mod.parse([path])
-    except TraceError as e:
-        _one_line(e)
+    got = _read("fz.blktrace.0", data, lambda p: mod.parse([p]))
+    if got is None:
         return
-    data = _decoded(path, data)
+    r, data = got
     order = "<" if r.meta.get("byte_order") in ("little", None) else ">"
     spans = []
     for p in sorted(r.events["pos"].tolist()):
@@ -112,13 +121,10 @@ def blkparse(data: bytes) -> None:
 
     from toolkit.parsers import blkparse as mod
 
-    path = scratch_file("fz.blkparse.txt", data)
-    try:
-        r = mod.parse([path])
-    except TraceError as e:
-        _one_line(e)
+    got = _read("fz.blkparse.txt", data, lambda p: mod.parse([p]))
+    if got is None:
         return
-    data = _decoded(path, data)
+    r, data = got
     n = _lines(data)
     ev = r.events["pos"].tolist()
     rj = r.rejects["pos"].tolist()
@@ -140,13 +146,10 @@ def blkparse(data: bytes) -> None:
 def qemu_log(data: bytes) -> None:
     from toolkit.parsers import qemu_log as mod
 
-    path = scratch_file("fz-qemu.log", data)
-    try:
-        r = mod.parse(path)
-    except TraceError as e:
-        _one_line(e)
+    got = _read("fz-qemu.log", data, mod.parse)
+    if got is None:
         return
-    data = _decoded(path, data)
+    r, data = got
     n = _lines(data)
     got = sorted(r.events["pos"].tolist() + r.rejects["pos"].tolist())
     _check(got == list(range(1, n + 1)), f"{len(got)} lines accounted for, {n} in the input")
@@ -167,14 +170,11 @@ def _decls_path() -> str:
 def qemu_simple(data: bytes) -> None:
     from toolkit.parsers import qemu_simple as mod
 
-    path = scratch_file("fz-trace-1", data)
     decls = _decls_path() if data[-1:] != b"\x01" else None  # sometimes without declarations
-    try:
-        r = mod.parse(path, trace_events=decls)
-    except TraceError as e:
-        _one_line(e)
+    got = _read("fz-trace-1", data, lambda p: mod.parse(p, trace_events=decls))
+    if got is None:
         return
-    data = _decoded(path, data)
+    r, data = got
     order = "<" if r.meta.get("byte_order") == "little" else ">"
     spans = []
     for p in r.events["pos"].tolist():
@@ -267,7 +267,7 @@ def traceset(data: bytes) -> None:
         if _escapes(doc):
             return
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError):
-        pass
+        doc = None  # not TOML: the loader below must refuse it in one line
     m = root / "traceset.toml"
     m.write_bytes(data)
     try:

@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from toolkit import clocks, durability, lineage, mapping, qemu, requests, store, traceset
+from toolkit import cache_mode, clocks, durability, lineage, mapping, qemu, requests, store, traceset
 from toolkit.events import BLOCK_EVENTS
 from toolkit.parsers import ParseResult
 from toolkit.traceset import Disk, Trace, TraceSet
@@ -47,7 +47,7 @@ class SetAnalysis:
         self.ref = clocks.reference_clock(ts)
         self._qoff: dict[int, clocks.Offset | None] = {}
         #: per disk name, what a time slice of a larger set takes from the whole (see toolkit.slicing): ``t0``,
-        #: ``ids`` (first guest_bios / guest_req / host_bios / qemu_req id of the slice), ``inferred_direct``,
+        #: ``ids`` (first guest_req / host_bios / qemu_req id of the slice), ``inferred_direct``,
         #: ``guest_write_cache``
         self.context: dict[str, dict] = {}
 
@@ -249,10 +249,6 @@ class DiskAnalysis:
         return 0
 
     # ---------------------------------------------------------------- clocks
-    @cached_property
-    def rt_offset(self) -> clocks.Offset | None:
-        return self.sa.realtime_offset(self.host_node)
-
     def qemu_to_ref(self, t: pd.Series, trace: Trace) -> np.ndarray:
         """QEMU times to the reference clock (see SetAnalysis.qemu_offset)."""
         return self.sa.qemu_to_ref(t, trace)
@@ -355,24 +351,20 @@ class DiskAnalysis:
 
     @cached_property
     def guest_write_cache(self) -> bool:
-        """Does the guest see a volatile write cache (and so rely only on flushes and FUA)?
-
-        The disk's ``guest_write_cache`` field if given; a guest that sends flushes sees one; else the declared
-        mode (writethrough/directsync: no); else inferred: no when the host made nearly every write durable
-        before QEMU completed it. A guest that never flushes a write-back disk was promised nothing.
-        """
-        if self.disk.guest_write_cache is not None:
-            return self.disk.guest_write_cache
-        if "guest_write_cache" in self.ctx:
+        """Does the guest see a volatile write cache (and so rely only on flushes and FUA)? See
+        cache_mode.write_cache_seen (a time slice takes the whole disk's answer from its context)."""
+        if self.disk.guest_write_cache is None and "guest_write_cache" in self.ctx:
             return self.ctx["guest_write_cache"]
         g = self.df_guest_requests()
-        if (g["op"] == "flush").any():
-            return True
-        if self.disk.cache is not None:
-            return self.disk.cache not in ("writethrough", "directsync")
+        return cache_mode.write_cache_seen(self.disk, int((g["op"] == "flush").sum()), self.durable_by_ack)
+
+    def durable_by_ack(self) -> tuple[int, int]:
+        """(guest writes durable on the host by QEMU's completion, completed linked guest writes)."""
+        if not (self.guest_traces and self.host_traces):
+            return 0, 0
         w = self.df_writes()
         w = w[w["completed"] & w["h_ack"].notna()]
-        return not (len(w) and (w["hd_opt_ns"] <= w["h_ack"]).mean() >= 0.9)
+        return int((w["hd_opt_ns"] <= w["h_ack"]).sum()), int(len(w))
 
     @cached_property
     def direct_counts(self) -> tuple[int, int] | None:
@@ -380,19 +372,12 @@ class DiskAnalysis:
         writes measured), or None when it cannot be measured (see lineage.direct_io_counts)."""
         return lineage.direct_io_counts(self)
 
-    @property
-    def direct_share(self) -> float | None:
-        c = self.direct_counts
-        return None if c is None else c[0] / c[1]
-
     @cached_property
     def inferred_direct(self) -> bool:
-        """Host writes carry guest writes synchronously (O_DIRECT: cache=none / directsync)."""
+        """Host writes carry guest writes synchronously (O_DIRECT: cache=none / directsync): cache_mode.is_direct."""
         if "inferred_direct" in self.ctx:
             return self.ctx["inferred_direct"]
-        if self.direct_share is None:
-            return (self.disk.cache or "none") in ("none", "directsync")
-        return self.direct_share >= 0.8
+        return cache_mode.is_direct({"direct": self.direct_counts}, self.disk.cache)
 
     def df_writes(self) -> pd.DataFrame:
         """Guest writes with their host reality. One row per guest write request (df_guest_requests).

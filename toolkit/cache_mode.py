@@ -20,6 +20,8 @@ Evidence per disk (DiskAnalysis):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def counts(da) -> dict:
     """The behaviour behind the inference, as counts that add up over time slices of one disk."""
@@ -50,6 +52,24 @@ def add_counts(a: dict, b: dict) -> dict:
 def infer(da) -> dict:
     """{"mode", "declared", "agrees", "evidence": {...}} for one disk; mode None when it cannot be told."""
     return decide(counts(da), da.disk.cache)
+
+
+def write_cache_seen(disk, flushes: int, durable_by_ack: Callable[[], tuple[int, int]]) -> bool:
+    """Does the guest see a volatile write cache (and so rely only on flushes and FUA)?
+
+    The disk's ``guest_write_cache`` field if given; a guest that sends flushes (``flushes`` > 0) sees one; else
+    the declared mode (writethrough/directsync: no); else inferred: no when the host made nearly every write
+    durable before QEMU completed it (``durable_by_ack()``: (such writes, completed linked writes), asked only
+    then). A guest that never flushes a write-back disk was promised nothing.
+    """
+    if disk.guest_write_cache is not None:
+        return disk.guest_write_cache
+    if flushes:
+        return True
+    if disk.cache is not None:
+        return disk.cache not in ("writethrough", "directsync")
+    fast, n = durable_by_ack()
+    return not (n and fast / n >= 0.9)
 
 
 def direct_share(c: dict) -> float | None:

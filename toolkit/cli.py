@@ -154,8 +154,7 @@ def cmd_check(args) -> int:
             for p in paths:
                 try:
                     r = slicing.check_set(p, use_cache=not args.no_cache, slice_events=args.slice_events)
-                    got.append({"path": p, "text": r.to_text(), "violations": r.violation_count,
-                                "json": json.dumps(r.to_json(), indent=1, sort_keys=True)})
+                    got.append(r.rendered(p))
                 except TraceError as e:
                     got.append({"path": p, "error": str(e)})
                 if bar:

@@ -77,10 +77,7 @@ def _check_task(path: str, use_cache: bool) -> dict:
         r = verdict.check_set(path, use_cache=use_cache)
     except TraceError as e:
         return {"path": path, "error": str(e)}
-    import json
-
-    return {"path": path, "text": r.to_text(), "json": json.dumps(r.to_json(), indent=1, sort_keys=True),
-            "violations": r.violation_count}
+    return r.rendered(path)
 
 
 def _absolute(t: Trace) -> Trace:
@@ -198,10 +195,6 @@ def check_sets(client, paths: list[str], *, use_cache: bool = True, slice_events
         if err is not None:
             done[p] = err
             continue
-        r = slicing.assemble(p, [g[0] for g in mine], [g[1] for g in mine])
-        import json
-
-        done[p] = {"path": p, "text": r.to_text(), "json": json.dumps(r.to_json(), indent=1, sort_keys=True),
-                   "violations": r.violation_count}
+        done[p] = slicing.assemble(p, [g[0] for g in mine], [g[1] for g in mine]).rendered(p)
     return [done[p] if isinstance(x, TraceSet) else {"path": p, "error": str(x)}
             for p, x in zip(paths, loaded, strict=True)]

@@ -303,14 +303,3 @@ def errno_signed(err: np.ndarray) -> np.ndarray:
     """u16 error field (blktrace stores -errno truncated to 16 bits) -> signed errno."""
     e = np.asarray(err, dtype=np.int64)
     return np.where(e > 0x7FFF, e - 0x10000, e).astype(np.int32)
-
-
-def add_block_flags(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill the derived BLOCK_EVENTS columns (op, preflush, fua, sync, meta) from ``category``/``bytes``."""
-    cat = df["category"].to_numpy(dtype=np.int64)
-    df["op"] = op_from_category(cat, df["bytes"].to_numpy(), df["action"].astype(object).to_numpy())
-    df["preflush"] = (cat & TC["flush"]) != 0
-    df["fua"] = (cat & TC["fua"]) != 0
-    df["sync"] = (cat & TC["sync"]) != 0
-    df["meta"] = (cat & TC["meta"]) != 0
-    return df

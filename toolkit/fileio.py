@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import gzip
-import io
 import lzma
 import os
 import zlib
@@ -36,22 +34,6 @@ def compression(path: str | os.PathLike) -> str | None:
         if head.startswith(magic):
             return name
     return None
-
-
-def open_binary(path: str | os.PathLike) -> io.BufferedIOBase:
-    """A binary stream of the file's decompressed content (raises on damaged data; parsers use :class:`Stream`)."""
-    kind = compression(path)
-    if kind is None:
-        return open(path, "rb")
-    if kind == "gz":
-        return gzip.open(path, "rb")
-    if kind == "xz":
-        return lzma.open(path, "rb")
-    if kind == "bz2":
-        return bz2.open(path, "rb")
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
 
 
 def read_bytes(path: str | os.PathLike) -> tuple[bytes, bool]:

@@ -265,17 +265,10 @@ def guest_clock(da) -> clocks.Offset | None:
     return clocks.guest_offset(da.ts, da.disk.guest, da.host_node, causal)
 
 
-def direct_io_share(da) -> float | None:
-    """Share of linked guest writes whose own host write (mapped start sector) was issued between QEMU's
-    submission and completion of the write: ~1 with O_DIRECT (cache=none/directsync), ~0 through the page
-    cache. None when it cannot be measured."""
-    c = direct_io_counts(da)
-    return None if c is None else c[0] / c[1]
-
-
 def direct_io_counts(da) -> tuple[int, int] | None:
-    """(writes carried by a host write issued while QEMU's write was in flight, writes measured) behind
-    :func:`direct_io_share` (counts add up over time slices); None when nothing can be measured."""
+    """Linked guest writes whose own host write (mapped start sector) was issued between QEMU's submission and
+    completion of the write (O_DIRECT: cache=none/directsync; through the page cache it is later), and linked
+    guest writes measured; None when nothing can be measured. Counts add up over time slices."""
     lin = da.df_lineage()
     w = lin[(lin["op"] == "write") & lin["h_handle"].notna() & lin["h_ack"].notna()]
     hw = da.df_host_writes()

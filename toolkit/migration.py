@@ -134,10 +134,6 @@ def handover(sa) -> Handover | None:
     return h
 
 
-def side_io(w: pd.DataFrame, trace: int) -> pd.DataFrame:
-    return w[w["trace"] == trace]
-
-
 def io_summary(x: pd.DataFrame, t0: int) -> dict | None:
     """First/last write of one side (reference ns and s from t0)."""
     wr = x[(x["op"] == "write") & x["q_ns"].notna()]

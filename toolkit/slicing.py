@@ -70,6 +70,7 @@ class TraceClock:
     device: str | None
     offset_ns: int
     unc_ns: int
+    meta: dict = field(default_factory=dict)  # the trace's meta from the store (clock, notes, ...)
 
 
 @dataclass
@@ -201,13 +202,12 @@ def plan(ts: TraceSet, disk: Disk, slice_events: int = SLICE_EVENTS, margin_ns: 
         p.why = "more than one QEMU process (migration or several writers): analysed whole"
     runs: list[tuple[_Runs, int, int]] = []  # (runs, offset to the reference clock, half idle needed)
     for t, dev in chosen:
-        c = _clock(ts, t, entries.get(store.trace_key(t), {}), ref)
+        entry = entries.get(store.trace_key(t), {})
+        c = _clock(ts, t, entry, ref)
         if isinstance(c, str):  # kept, read whole
             p.why = p.why or c
-            p.traces.append(TraceClock(t, dev, 0, 0))
             c = (0, 0)
-        else:
-            p.traces.append(TraceClock(t, dev, c[0], c[1]))
+        p.traces.append(TraceClock(t, dev, c[0], c[1], entry.get("meta") or {}))
         h = c[1] + margin_ns
         r = _runs(ts, t, dev, 2 * h)
         p.total += r.total + r.nulls
@@ -258,16 +258,13 @@ def plan(ts: TraceSet, disk: Disk, slice_events: int = SLICE_EVENTS, margin_ns: 
 def _slice_analysis(ts: TraceSet, p: Plan, lo: int, hi: int, ctx: dict) -> SetAnalysis:
     """A SetAnalysis holding only this disk's traces, devices and the events in [lo, hi) (reference ns)."""
     results: dict[int, ParseResult] = {}
-    index = store.load_index(store.cache_dir(ts))["traces"]
-    entries = {e["key"]: e for e in index.values()}
     for tc in p.traces:
         t = tc.trace
         a = None if lo == _MIN else lo - tc.offset_ns
         b = None if hi == _MAX else hi - tc.offset_ns
         ev = store.read(ts, store.kind_of(t.format), trace=t, device=tc.device, start_ns=a, end_ns=b,
                         ingest_first=False)
-        meta = (entries.get(store.trace_key(t)) or {}).get("meta", {})
-        results[t.index] = ParseResult(ev, store.REJECTS.empty(), meta)
+        results[t.index] = ParseResult(ev, store.REJECTS.empty(), tc.meta)
     # the set keeps all its traces (the checks ask which layers it has); other disks' traces are left empty
     sa = SetAnalysis(ts, {t.index: results.get(t.index) or ParseResult(_empty(t), store.REJECTS.empty(), {})
                           for t in ts.traces})
@@ -303,14 +300,6 @@ def _unclean(da) -> dict:
     return out
 
 
-def _wc_counts(da) -> tuple[int, int]:
-    """(writes durable by their completion, completed linked writes): DiskAnalysis.guest_write_cache's test."""
-    if not (da.guest_traces and da.host_traces):
-        return 0, 0
-    w = da.df_writes()
-    w = w[w["completed"] & w["h_ack"].notna()]
-    return int((w["hd_opt_ns"] <= w["h_ack"]).sum()), int(len(w))
-
 
 @dataclass
 class _Slice:
@@ -319,8 +308,6 @@ class _Slice:
     wc: tuple[int, int]
     flushes: int
     unclean: dict
-    lo: int
-    hi: int
     guest_offset: clocks.Offset | None
 
 
@@ -331,7 +318,7 @@ def _run(ts: TraceSet, p: Plan, lo: int, hi: int, ctx: dict) -> _Slice:
     ids = {key: int(len(getattr(da, fn)())) for key, fn in _ID_TABLES}
     g = da.df_guest_requests() if da.guest_traces else None
     flushes = int((g["op"] == "flush").sum()) if g is not None else 0
-    s = _Slice(part, ids, _wc_counts(da), flushes, _unclean(da) if hi != _MAX else {}, lo, hi, da.guest_offset)
+    s = _Slice(part, ids, da.durable_by_ack(), flushes, _unclean(da) if hi != _MAX else {}, da.guest_offset)
     if "inferred_direct" not in ctx:
         ctx["inferred_direct"] = da.inferred_direct
     if "guest_write_cache" not in ctx:
@@ -366,16 +353,9 @@ def _decisions(disk: Disk, slices: list[_Slice]) -> dict:
     for s in slices[1:]:
         c = cache_mode.add_counts(c, s.part.cache_counts)
     out = {"inferred_direct": cache_mode.is_direct(c, disk.cache)}
-    if disk.guest_write_cache is not None:
-        wc = disk.guest_write_cache
-    elif any(s.flushes for s in slices):
-        wc = True
-    elif disk.cache is not None:
-        wc = disk.cache not in ("writethrough", "directsync")
-    else:
-        fast, n = (sum(x) for x in zip(*(s.wc for s in slices), strict=True))
-        wc = not (n and fast / n >= 0.9)
-    out["guest_write_cache"] = wc
+    out["guest_write_cache"] = cache_mode.write_cache_seen(
+        disk, sum(s.flushes for s in slices),
+        lambda: tuple(sum(x) for x in zip(*(s.wc for s in slices), strict=True)))
     return out
 
 

@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit import fileio
 from toolkit.fileio import TraceError
 from toolkit.parsers import FORMATS, detect_format
 
@@ -304,7 +303,3 @@ def describe(ts: TraceSet) -> str:
         lines.append(f"  #{t.index} {t.layer:<11} node={t.node:<6} {t.format:<11} {t.path} ({len(t.files)} files)")
     return "\n".join(lines)
 
-
-def file_id(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "compression": fileio.compression(path)}

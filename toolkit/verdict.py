@@ -8,6 +8,7 @@ certain before uncertain, then by time), and numbered in that order.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,12 @@ class CheckResult:
             "coverage": self.coverage, "clocks": self.clocks, "inferred_cache": self.inferred_cache,
             "cannot_check": self.cannot_check, "checks_run": self.checks_run, **self.extra,
         }
+
+    def rendered(self, path: str) -> dict:
+        """What ``writeorder check`` prints for one of several sets: ``{"path", "text", "json", "violations"}``
+        (the same from one process and from dask workers)."""
+        return {"path": path, "text": self.to_text(), "json": json.dumps(self.to_json(), indent=1, sort_keys=True),
+                "violations": self.violation_count}
 
     def to_text(self) -> str:
         s = self.summary()

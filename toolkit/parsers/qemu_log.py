@@ -149,10 +149,7 @@ def _cumulative(ev: pd.DataFrame, minis: dict[str, list[pd.Series]], *, final: b
     for col, ms in minis.items():
         c = ev[col].array
         codes = np.asarray(c.codes)
-        used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(c.categories)))
-        if (codes < 0).any():
-            used = np.append(used, -1)
-        ms.append(pd.Series(pd.Categorical.from_codes(used, dtype=c.dtype)))
+        ms.append(_used_values(c))
         if final:  # as parse() ends up: the first block's own dtype if it names every value, else sorted
             dtype = pd.concat(ms, ignore_index=True).astype("category").dtype
             if ms[0].dtype == dtype:  # same values (order not compared)
@@ -582,6 +579,16 @@ def _load_all(fd: int) -> list:
     return out
 
 
+def _used_values(c: pd.Categorical) -> pd.Series:
+    """One value per category ``c`` uses (and a null if it has one), with ``c``'s dtype: what decides the dtype
+    concat + astype('category') gives, at the cost of a few rows."""
+    codes = np.asarray(c.codes)
+    used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(c.categories)))
+    if (codes < 0).any():
+        used = np.append(used, -1)
+    return pd.Series(pd.Categorical.from_codes(used, dtype=c.dtype))
+
+
 def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list[pd.DataFrame]:
     """The parts with these categorical columns recoded to the dtype that concat + astype('category') gives them.
 
@@ -591,14 +598,7 @@ def _common_categories(parts: list[pd.DataFrame], cols: tuple[str, ...]) -> list
     """
     parts = list(parts)
     for col in cols:
-        minis = []
-        for p in parts:
-            c = p[col].array
-            codes = np.asarray(c.codes)
-            used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(c.categories)))
-            if (codes < 0).any():
-                used = np.append(used, -1)
-            minis.append(pd.Series(pd.Categorical.from_codes(used, dtype=c.dtype)))
+        minis = [_used_values(p[col].array) for p in parts]
         dtype = pd.concat(minis, ignore_index=True).astype("category").dtype
         parts = [p if p[col].dtype == dtype and p[col].array.categories.equals(dtype.categories)
                  else p.assign(**{col: p[col].astype(dtype)}) for p in parts]
@@ -1033,11 +1033,6 @@ def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray,
         out[sel] = v
         valid[sel] = ok
     return out, valid
-
-
-def _gather_int(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Decimal integers written at buf[a_i:b_i] (digits only, validated by the caller)."""
-    return pc.cast(_gather(buf, a, b), pa.int64()).to_numpy()
 
 
 def _parse_slow(lines: pa.Array, lineno: np.ndarray, file: str) -> tuple[dict, pd.DataFrame, dict[str, int]]:
