@@ -3,6 +3,7 @@
     python benchmarks/bench_qemu.py                 # 5 M log lines, 2 M simple-backend records
     python benchmarks/bench_qemu.py --small         # 500 k lines, 200 k records
     python benchmarks/bench_qemu.py --simpletrace DIR   # folder with QEMU's simpletrace.py + tracetool/
+    python benchmarks/bench_qemu.py --repeat 7          # runs of each reader (median; default 5)
 
 CPU seconds are the reader's process plus its worker processes (a big uncompressed input is read by two
 processes when a core is idle; ``--workers 1`` / ``--workers 2`` force one / two). ``--only log|simple`` runs one half.
@@ -11,6 +12,10 @@ Log backend: the real logs of traces/ (timestamped ones), copied with every copy
 ``toolkit.parsers.qemu_log`` in a fresh subprocess: lines/s and peak RSS (ru_maxrss). Simple backend: the real
 events written in file format v4, replicated to the wanted record count; ``toolkit.parsers.qemu_simple`` and
 QEMU's ``scripts/simpletrace.py`` (if found) read the same file in the same run.
+
+Each reader runs ``--repeat`` times, each in a fresh process; the median is reported with the range. On a VM the
+first touch of memory the host has not backed yet costs system time (here 0.05-1 s per 450 MB, from one run to
+the next): ``sys`` is printed beside the wall time so that this noise can be told from the reader's own work.
 """
 
 from __future__ import annotations
@@ -38,18 +43,31 @@ import numpy, pandas, pyarrow, pyarrow.compute  # imports are not timed
 def kids():
     u = resource.getrusage(resource.RUSAGE_CHILDREN)
     return u.ru_utime + u.ru_stime
+def sys_s():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+s0 = sys_s()
 t, c, k = time.perf_counter(), time.process_time(), kids()
 {code}
 dt, dc, dk = time.perf_counter() - t, time.process_time() - c, kids() - k
 print(json.dumps({{"seconds": dt, "cpu_s": dc + dk, "cpu_parent_s": dc, "cpu_workers_s": dk, "rows": n,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "sys_s": sys_s() - s0, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
-def run_child(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), code=code)], capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_child(code: str, repeat: int = 1) -> dict:
+    """``code`` in ``repeat`` fresh processes: the run with the median wall time, plus every run's seconds."""
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), code=code)], capture_output=True,
+                             text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["seconds"])
+    return {**runs[len(runs) // 2], "all_seconds": [round(r["seconds"], 2) for r in runs]}
+
+
+def spread(r: dict) -> str:
+    a = r["all_seconds"]
+    return f"median of {len(a)}, {a[0]:.2f}-{a[-1]:.2f} s, sys {r['sys_s']:.2f} s" if len(a) > 1 else f"sys {r['sys_s']:.2f} s"
 
 
 def build_log(path: Path, lines: int) -> int:
@@ -107,7 +125,9 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="500 k lines, 200 k records")
     ap.add_argument("--simpletrace", default=os.environ.get("QEMU_SIMPLETRACE_DIR", "/work/.cache/qemu-simpletrace"))
     ap.add_argument("--skip-simpletrace", action="store_true")
-    ap.add_argument("--workers", type=int, default=None, help="processes per file (default: the reader's choice)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="log: processes per file; simple: threads (default: the reader's choice)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each reader, fresh processes (median; default 5)")
     ap.add_argument("--only", choices=("log", "simple"), default=None)
     a = ap.parse_args()
     if a.small:
@@ -120,13 +140,13 @@ def main() -> None:
             log = d / "qemu.log"
             n = build_log(log, a.lines)
             r = run_child(f"from toolkit.parsers import qemu_log\nr = qemu_log.parse({str(log)!r}{wk})\n"
-                          "n = len(r.events)")
+                          "n = len(r.events)", a.repeat)
             assert r["rows"] == n
             res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
                                "lines_per_s": round(n / r["seconds"])}
             print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
                   f"{n / r['seconds'] / 1e6:.2f} M lines/s (cpu {r['cpu_s']:.2f} s: {n / r['cpu_s'] / 1e6:.2f} M/s,"
-                  f" workers {r['cpu_workers_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB")
+                  f" workers {r['cpu_workers_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB  [{spread(r)}]")
             log.unlink()
         if a.only == "log":
             print(json.dumps(res))
@@ -134,19 +154,19 @@ def main() -> None:
         st, tef = d / "trace-1", d / "trace-events-all"
         n = build_simple(st, tef, a.records)
         r = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                      f"trace_events={str(tef)!r}{wk})\nn = len(r.events)")
+                      f"trace_events={str(tef)!r}{wk})\nn = len(r.events)", a.repeat)
         assert r["rows"] == n
         res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
                               "records_per_s": round(n / r["seconds"])}
         print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
               f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s, workers {r['cpu_workers_s']:.2f} s)"
-              f"  peak {r['maxrss_mb']:.0f} MB")
+              f"  peak {r['maxrss_mb']:.0f} MB  [{spread(r)}]")
         r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                       f"trace_events={str(tef)!r}, args_text=False{wk})\nn = len(r.events)")
+                       f"trace_events={str(tef)!r}, args_text=False{wk})\nn = len(r.events)", a.repeat)
         res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
         print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
               f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s, workers "
-              f"{r2['cpu_workers_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB")
+              f"{r2['cpu_workers_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB  [{spread(r2)}]")
         script = Path(a.simpletrace) / "simpletrace.py"
         if script.exists() and not a.skip_simpletrace:
             t = time.perf_counter()

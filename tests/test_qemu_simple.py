@@ -175,9 +175,9 @@ def test_args_text_false_keeps_typed_columns(tmp_path, te_file):
 
 
 @pytest.mark.parametrize("order", "<>")
-def test_two_processes_same_result(tmp_path, te_file, monkeypatch, order):
+def test_two_threads_same_result(tmp_path, te_file, monkeypatch, order):
     """A real log's events (with strings), an unknown event id, a dropped-event record, garbage between records
-    and a cut last record: decoded by two processes, the tables and meta equal those of one process."""
+    and a cut last record: decoded in two halves on two threads, the tables and meta equal those of one."""
     src = qemu_log.parse(TRACES / "migrate-none" / "qemu-src.log.xz").events
     names, records, _ = simple_records_from_log(src, DECLS)
     names = {**names, 999: "brand_new_event"}
@@ -190,27 +190,43 @@ def test_two_processes_same_result(tmp_path, te_file, monkeypatch, order):
     qemu_simple.write(p, names, records, order=order)
     data = p.read_bytes()
     p.write_bytes(data[:at] + b"\x07" * 24 + data[at:-5])
-    forks = []
-    fork = qemu_simple._fork_fill
-    monkeypatch.setattr(qemu_simple, "_fork_fill", lambda *a: forks.append(a[1:]) or fork(*a))
+    halves = []
+    fill = qemu_simple._Layout.fill
+    monkeypatch.setattr(qemu_simple._Layout, "fill", lambda self, *a: halves.append(a[-2:]) or fill(self, *a))
     one = qemu_simple.parse(p, trace_events=te_file, workers=1)
-    assert not forks
+    assert halves == [(0, len(one.events))]
+    halves.clear()
     two = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0)
-    assert forks and 0 < forks[0][0] < forks[0][1] == len(one.events)
+    assert sorted(halves) == [(0, len(one.events) // 2), (len(one.events) // 2, len(one.events))]
     assert len(one.rejects) == 2 and one.meta["dropped_events"] == 17 and one.meta["unknown_events"]
     assert one.events["state"].notna().sum() > 3
     pd.testing.assert_frame_equal(two.events, one.events, check_exact=True)
     pd.testing.assert_frame_equal(two.rejects, one.rejects, check_exact=True)
     assert two.meta == one.meta
+    a = qemu_simple.parse(p, trace_events=te_file, workers=1, args_text=False)
+    b = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0, args_text=False)
+    pd.testing.assert_frame_equal(b.events, a.events, check_exact=True)
 
-    def fail(*_a):
-        raise OSError("no space left")
 
-    monkeypatch.setattr(qemu_simple, "_dump", fail)  # the child fails: its rows are decoded by the parent
-    three = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0)
-    pd.testing.assert_frame_equal(three.events, one.events, check_exact=True)
-    monkeypatch.undo()
-    for at in (False,):
-        a = qemu_simple.parse(p, trace_events=te_file, workers=1, args_text=at)
-        b = qemu_simple.parse(p, trace_events=te_file, workers=2, parallel_min=0, args_text=at)
-        pd.testing.assert_frame_equal(b.events, a.events, check_exact=True)
+def test_strings_not_utf8(tmp_path, te_file):
+    """String arguments are bytes in the file: invalid UTF-8 becomes U+FFFD in args and state (as Python's
+    decode with errors='replace'); valid non-ASCII stays as it is."""
+    names = {0: "runstate_set", 7: "migrate_set_state"}
+    raw = [b"ok", "d\u00e9j\u00e0".encode(), b"bad\xff\xfe", b"\xc3", b"cut\xe2\x82"]
+    p = tmp_path / "t"
+    with open(p, "wb") as f:  # written by hand: write() takes str
+        f.write(struct.pack("<QQQ", qemu_simple.HEADER_EVENT_ID, qemu_simple.MAGIC, 4))
+        for eid, nm in names.items():
+            f.write(struct.pack("<QQI", 0, eid, len(nm)) + nm.encode())
+        for i, s in enumerate(raw):
+            body = struct.pack("<I", len(s)) + s
+            f.write(struct.pack("<QQQII", 1, 7, i, 24 + len(body), 9) + body)
+            body = struct.pack("<Q", 3) + struct.pack("<I", 2) + b"xx" + struct.pack("<Q", 4) + struct.pack("<I", len(s)) + s
+            f.write(struct.pack("<QQQII", 1, 0, i, 24 + len(body), 9) + body)
+    for w in (1, 2):
+        e = qemu_simple.parse(p, trace_events=te_file, workers=w, parallel_min=0).events
+        want = [s.decode("utf-8", errors="replace") for s in raw]
+        assert e["state"].tolist() == [x for s in want for x in (s, s)]
+        assert e["args"].tolist()[0::2] == [f"new_state={s}" for s in want]
+        assert e["args"].tolist()[1::2] == [f"current_state=0x3 current_state_str=xx new_state=0x4 new_state_str={s}"
+                                            for s in want]

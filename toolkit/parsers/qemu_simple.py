@@ -11,11 +11,10 @@ in the file: they come from a ``trace-events-all`` of the same build (``trace_ev
 without one every argument is a raw u64 named ``arg0..`` and a note says so. Dropped-event records
 (id 0xfffffffffffffffe, one u64 = events lost) are kept as events named ``dropped`` and counted in meta.
 
-Speed: record starts are found for the whole file at once (a slot is a record when its type, pid and length
-words fit and its length leads exactly to the next one); only mapping records, records with string arguments and
-whatever breaks that chain are read one by one. A file of at least ``PARALLEL_MIN`` bytes has the second half of
-its records decoded by a forked child when a core is idle (typed columns in shared memory, its text mapped back from a temporary file;
-same result). ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
+Speed: the two per-record loops are in C (``_simplec.c``, built when the package is installed): the run of
+event records that follow one another, and the decoding of each row (typed columns, args text, states); the
+rows of a big file are decoded in two halves on two threads (the C loop runs without the GIL). Mapping
+records, bytes that are no record and cut records are handled here, one by one. ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -33,19 +32,9 @@ import pyarrow.compute as pc
 
 from toolkit import fileio
 from toolkit.events import QEMU_EVENTS, REJECTS
-from toolkit.parsers import ParseResult, reject_rows
+from toolkit.parsers import ParseResult, _simplec, reject_rows
 from toolkit.parsers import trace_events as te
-from toolkit.parsers.qemu_log import (
-    ARG_COLUMNS,
-    CHILD_WAIT_MIN,
-    INT_COLUMNS,
-    POINTER_COLUMNS,
-    _collect,
-    _dump,
-    _fork,
-    _stop_child,
-    _workers,
-)
+from toolkit.parsers.qemu_log import ARG_COLUMNS, INT_COLUMNS, POINTER_COLUMNS
 
 HEADER_EVENT_ID = 0xFFFFFFFFFFFFFFFF
 MAGIC = 0xF2B177CB0AA429B4
@@ -53,8 +42,8 @@ DROPPED_EVENT_ID = 0xFFFFFFFFFFFFFFFE
 REC_MAPPING = 0
 REC_EVENT = 1
 MAX_EVENT_ID = 1 << 24
-#: files at least this big have half their records decoded by a second process
-PARALLEL_MIN = 32 << 20
+#: files with at least this many bytes are decoded on two threads (when the machine has two cores)
+PARALLEL_MIN = 4 << 20
 
 #: string argument -> state column, per event (as the log parser's STATE_RULES)
 STATE_ARGS = {"runstate_set": "new_state_str", "vm_state_notify": "reason_str", "migrate_set_state": "new_state",
@@ -67,9 +56,8 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
     """Parse simple-backend files into QEMU_EVENTS (file order) and REJECTS (byte offsets).
 
     ``args_text=False`` leaves ``args`` null for records without string arguments (the typed columns are still
-    filled): formatting every value as text is most of the cost on big files. A file of at least
-    ``parallel_min`` bytes has the second half of its records decoded by a forked child when a core is idle or
-    ``workers=2`` (``workers=1``: never); the result is the same.
+    filled). A file of at least ``parallel_min`` bytes is decoded on two threads when the machine has two cores
+    or ``workers=2`` (``workers=1``: one thread); the result is the same.
 
     meta: ``clock`` 'monotonic', ``byte_order``, ``dropped_records``/``dropped_events``, ``trace_events`` (the
     declarations file used, or None), ``unknown_events`` (ids or names without declarations), ``notes``.
@@ -82,20 +70,22 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
         notes.append("no trace-events-all given or found at " + ", ".join(te.DEFAULT_PATHS)
                       + ": arguments are raw u64 values named arg0, arg1, ... (strings cannot be told apart)")
     evs, rejs = [], []
-    nw = _workers(workers)
+    nw = workers if workers is not None else min(2, os.cpu_count() or 1)
     meta: dict = {"format": "qemu-simple", "clock": "monotonic", "timestamps": True, "trace_events": te_path,
                   "dropped_records": 0, "dropped_events": 0, "unknown_events": [], "truncated": [], "notes": notes}
     for path in paths:
         name = fileio.display_name(path, base)
         if fileio.compression(path) is None:
             with open(path, "rb") as f:
-                _check_header(f.read(24), name)  # garbage is refused before it is read into memory
-                f.seek(0)
-                data, cut = f.read(), False
+                _check_header(f.read(24), name)  # garbage is refused before it is mapped
+                # mapped, not copied: the page cache is read in place (MAP_POPULATE: mapped in one go)
+                size = os.fstat(f.fileno()).st_size
+                data = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
+                                 prot=mmap.PROT_READ) if size else b""
+            cut = False
         else:
             data, cut = fileio.read_bytes(path)
-        two = nw > 1 and len(data) >= max(parallel_min, 1 << 10)
-        ev, rej, m = _parse_one(data, name, decls, args_text, two)
+        ev, rej, m = _parse_one(data, name, decls, args_text, 2 if nw > 1 and len(data) >= parallel_min else 1)
         if cut:
             m["truncated"].append({"file": name, "offset": len(data), "reason": "compressed stream ends early"})
         evs.append(ev)
@@ -125,20 +115,23 @@ def _check_header(head: bytes, file: str) -> None:
     raise fileio.TraceError(f"{file}: byte 0: not a QEMU simple trace file (bad header magic)")
 
 
-def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True,
-               two: bool = False):
+def _parse_one(data, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True,
+               threads: int = 1):
+    """Events and rejects of one file's bytes (``bytes`` or a read-only mmap), and its meta."""
     meta: dict = {"byte_order": None, "dropped_records": 0, "dropped_events": 0, "unknown_events": [],
                   "truncated": [], "notes": []}
-    if len(data) < 24:
-        _check_header(data, file)
-        meta["byte_order"] = "little" if _HEADER["<"].startswith(data) else "big"
-        if data:  # the start of a header: cut at byte 0, no record
+    L = len(data)
+    if L < 24:
+        head = bytes(data)
+        _check_header(head, file)
+        meta["byte_order"] = "little" if _HEADER["<"].startswith(head) else "big"
+        if head:  # the start of a header: cut at byte 0, no record
             meta["truncated"].append({"file": file, "offset": 0, "reason": "header cut"})
-        rej = reject_rows(file, [(0, len(data), "truncated record", data.hex())] if data else [])
+        rej = reject_rows(file, [(0, L, "truncated record", head.hex())] if head else [])
         return QEMU_EVENTS.empty().assign(file=pd.Categorical([], categories=[file])), rej, meta
     order = None
     for o in "<>":
-        hid, magic, version = struct.unpack(o + "QQQ", data[:24])
+        hid, magic, version = struct.unpack_from(o + "QQQ", data, 0)
         if hid == HEADER_EVENT_ID and magic == MAGIC:
             order = o
             break
@@ -147,240 +140,72 @@ def _parse_one(data: bytes, file: str, decls: dict[str, list[te.Arg]] | None, ar
     if version != 4:
         raise fileio.TraceError(f"{file}: byte 16: simple trace format version {version} (only 4 is supported)")
     meta["byte_order"] = "little" if order == "<" else "big"
-    L = len(data)
-    u64 = np.dtype(order + "u8")
-    buf = np.frombuffer(data, dtype=np.uint8)
+    big = order == ">"
+    cap = (L - 24) // 32 + 1  # records are at least 32 bytes
+    rec = {c: _empty(cap, np.uint64 if c in ("eid", "ts") else np.int64)
+           for c in ("starts", "eid", "ts", "pid", "length")}
     names: dict[int, str] = {}
     rejects: list[tuple[int, int, str, str]] = []
-    # every plausible event-record start at any byte offset (a u64 1, a small id, a length that fits), sorted
-    c_pos, c_nxt = _candidates(data, buf, order, u64)
-    # runs of candidates that chain (each one's end is the next one's start): the walk jumps over whole runs
-    nc = len(c_pos)
-    chained = np.zeros(nc, dtype=bool)
-    if nc > 1:
-        chained[:-1] = c_nxt[:-1] == c_pos[1:]
-    brk = np.flatnonzero(~chained)  # last index of each chained run
-    runs: list[tuple[int, int]] = []  # [i, j) candidate index ranges that are records
-    single: list[int] = []  # event records read one by one (outside the candidates)
+
+    def cut(p: int, sample_end: int) -> None:
+        rejects.append((p, L - p, "truncated record", bytes(data[p:sample_end]).hex()))
+        meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
+
+    n = 0
     p = 24
     while p < L:
-        i = int(np.searchsorted(c_pos, p))
-        if i < nc and c_pos[i] == p:
-            b = int(brk[np.searchsorted(brk, i)])
-            runs.append((i, b + 1))
-            p = int(c_nxt[b])
-            continue
+        # the run of event records from p (compiled); then whatever stopped it, here
+        p, n = _simplec.events(data, big, p, MAX_EVENT_ID, DROPPED_EVENT_ID, *rec.values(), n)
+        if p >= L:
+            break
         if p + 8 > L:
-            rejects.append((p, L - p, "truncated record", data[p:L].hex()))
-            meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
+            cut(p, L)
             break
         (rtype,) = struct.unpack_from(order + "Q", data, p)
         if rtype == REC_MAPPING:
-            if p + 20 > L:
-                rejects.append((p, L - p, "truncated record", data[p:L].hex()))
-                meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
+            if p + 20 > L or p + 20 + struct.unpack_from(order + "I", data, p + 16)[0] > L:
+                cut(p, L)
                 break
             eid, nlen = struct.unpack_from(order + "QI", data, p + 8)
-            if p + 20 + nlen > L:
-                rejects.append((p, L - p, "truncated record", data[p:L].hex()))
-                meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
-                break
-            names[eid] = data[p + 20:p + 20 + nlen].decode("utf-8", errors="replace")
+            names[eid] = bytes(data[p + 20:p + 20 + nlen]).decode("utf-8", errors="replace")
             p += 20 + nlen
             continue
         if rtype != REC_EVENT:
-            # not a record start: skip to the next plausible record (or the end) and reject the bytes between
-            j = int(np.searchsorted(c_pos, p + 1))
-            nxt = int(c_pos[j]) if j < nc else L
-            rejects.append((p, nxt - p, f"unknown record type {rtype}", data[p:min(nxt, p + 64)].hex()))
+            # not a record start: skip to the next place an event record fits (or the end), reject the bytes between
+            nxt = _simplec.next_event(data, big, p + 1, MAX_EVENT_ID, DROPPED_EVENT_ID)
+            rejects.append((p, nxt - p, f"unknown record type {rtype}", bytes(data[p:min(nxt, p + 64)]).hex()))
             p = nxt
             continue
         if p + 32 > L:
-            rejects.append((p, L - p, "truncated record", data[p:L].hex()))
-            meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
+            cut(p, L)
             break
         eid, ts, length, pid = struct.unpack_from(order + "QQII", data, p + 8)
         if length < 24 or p + 8 + length > L:
-            rejects.append((p, L - p, "truncated record", data[p:min(L, p + 64)].hex()))
-            meta["truncated"].append({"file": file, "offset": p, "reason": "record cut"})
+            cut(p, min(L, p + 64))
             break
-        single.append(p)
+        for c, v in zip(rec, (p, eid, ts, pid, length), strict=True):  # an event id beyond MAX_EVENT_ID: kept
+            rec[c][n] = v
+        n += 1
         p += 8 + length
-    parts = [c_pos[i:j] for i, j in runs] + [np.array(single, dtype=np.int64)]
-    starts = np.sort(np.concatenate(parts)) if single else np.concatenate(parts)
-    ev = _build(data, buf, starts, names, decls, order, u64, file, meta, args_text, two and len(starts) > 1)
+    starts, eid, ts, pid, length = (a[:n] for a in rec.values())
+    ev = _build(data, big, starts, eid, ts, pid, length, names, decls, file, meta, args_text, threads)
     return ev, reject_rows(file, rejects), meta
 
 
-def _candidates(data: bytes, buf: np.ndarray, order: str, u64: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Byte offsets (sorted) where an event record may start, and where it would end (every alignment).
-
-    One scan for the byte that makes a u64 1 (the record type), then the words at those offsets are checked.
-    """
-    L = len(data)
-    if L < 32:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    words = np.ndarray(shape=(L - 7,), dtype=u64, buffer=buf, strides=(1,))  # the u64 at every byte offset
-    big = _big(u64)
-    parts = []
-    hit = np.empty(min(L, _SCAN), dtype=bool)
-    for off in range(0, L, _SCAN):  # cache-sized slices: no file-sized mask
-        h = hit[:min(_SCAN, L - off)]
-        np.equal(buf[off:off + _SCAN], 1, out=h)
-        parts.append(np.flatnonzero(h) + off)
-    pos = np.concatenate(parts)
-    if big:
-        pos -= 7
-    pos = pos[(pos >= 24) & (pos <= L - 32)]
-    pos = pos[words[pos] == REC_EVENT]
-    eid = words[pos + 8]
-    lp = words[pos + 24]
-    length = ((lp >> np.uint64(32)) if big else (lp & np.uint64(0xFFFFFFFF))).astype(np.int64)
-    nxt = pos + 8 + length
-    ok = ((eid < MAX_EVENT_ID) | (eid == DROPPED_EVENT_ID)) & (length >= 24) & (nxt <= L)
-    return pos[ok], nxt[ok]
+_TYPED = (*POINTER_COLUMNS, *INT_COLUMNS)
 
 
-_SCAN = 1 << 18
-
-
-def _big(u64: np.dtype) -> bool:
-    return u64.byteorder == ">" or (u64.byteorder == "=" and not np.little_endian)
-
-
-def _read_u64(data: bytes, offs: np.ndarray, u64: np.dtype) -> np.ndarray:
-    """u64 values at byte offsets ``offs`` (any alignment)."""
-    offs = np.asarray(offs, dtype=np.int64)
-    out = np.empty(len(offs), dtype=np.uint64)
-    if not len(offs):
-        return out
-    rs = offs & 7
-    r0 = int(rs[0])
-    if (rs == r0).all():
-        w = np.frombuffer(data, dtype=u64, count=(len(data) - r0) // 8, offset=r0)
-        out[:] = w[offs >> 3]
-        return out
-    for r in np.unique(rs):
-        sel = rs == r
-        w = np.frombuffer(data, dtype=u64, count=(len(data) - int(r)) // 8, offset=int(r))
-        out[sel] = w[offs[sel] >> 3]
-    return out
-
-
-def _decode_slow(body: bytes, decl: list[te.Arg] | None, order: str, eid: int) -> list:
-    """Argument values of one record: ints as Python ints (u64), strings as str."""
-    if eid == DROPPED_EVENT_ID or decl is None:
-        n = len(body) // 8
-        return list(struct.unpack_from(f"{order}{n}Q", body, 0)) if n else []
-    out: list = []
-    q = 0
-    for a in decl:  # a record shorter than its declaration (damaged): the missing values stay null
-        if a.is_string:
-            if q + 4 > len(body):
-                break
-            (n,) = struct.unpack_from(order + "I", body, q)
-            if q + 4 + n > len(body):
-                break
-            out.append(body[q + 4:q + 4 + n].decode("utf-8", errors="replace"))
-            q += 4 + n
-        else:
-            if q + 8 > len(body):
-                break
-            (v,) = struct.unpack_from(order + "Q", body, q)
-            out.append(v)
-            q += 8
-    return out
-
-
-def _sign(v: np.ndarray, bits: int) -> np.ndarray:
-    """Sign-extend u64 values from ``bits`` wide signed C types; returns int64."""
-    v = np.asarray(v, dtype=np.uint64)
-    if bits == 0 or bits == 64:
-        return v.view(np.int64)
-    m = np.uint64((1 << bits) - 1)
-    x = (v & m).astype(np.int64)
-    return np.where(x >= (1 << (bits - 1)), x - (1 << bits), x)
-
-
-_HEX2 = np.array([ord(a) | (ord(b) << 8) for a in "0123456789abcdef" for b in "0123456789abcdef"], dtype=np.uint16)
-
-
-def _hex_digits(v: np.ndarray) -> np.ndarray:
-    """Number of hex digits of each u64 (1 for 0)."""
-    hi = (v >> np.uint64(32)).astype(np.float64)
-    lo = (v & np.uint64(0xFFFFFFFF)).astype(np.float64)
-    bits = np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1])
-    return np.maximum((bits + 3) >> 2, 1).astype(np.int64)
-
-
-def _hex16(v: np.ndarray) -> np.ndarray:
-    """16 zero-padded lowercase hex digits per value: (n, 16) uint8."""
-    b = np.ascontiguousarray(v.astype(">u8")).view(np.uint8).reshape(len(v), 8)
-    return _HEX2[b].view(np.uint8)
-
-
-def _ranges_text(flat: np.ndarray, a: list[np.ndarray], b: list[np.ndarray]) -> pa.Array:
-    """One string per row: the concatenation of flat[a[j][r]:b[j][r]] over j (ranges increasing in the buffer)."""
-    n = len(a[0])
-    k = len(a)
-    bnd = np.empty((n, 2 * k), dtype=np.int64)
-    for j in range(k):
-        bnd[:, 2 * j] = a[j]
-        bnd[:, 2 * j + 1] = b[j]
-    bnd = bnd.reshape(-1)
-    m = len(bnd)
-    whole = pa.LargeStringArray.from_buffers(m - 1, pa.py_buffer(bnd), pa.py_buffer(flat))
-    keep = np.zeros(m - 1, dtype=bool)
-    keep[0::2] = True
-    parts = whole.filter(pa.array(keep))
-    data = parts.buffers()[2]
-    rl = np.zeros(n, dtype=np.int64)
-    for j in range(k):
-        rl += b[j] - a[j]
-    offs = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(rl, out=offs[1:])
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offs), data)
-
-
-def _unaligned_words(buf: np.ndarray, u64: np.dtype) -> np.ndarray:
-    """The u64 at every byte offset of the data (a view: word i = bytes i..i+7)."""
-    if len(buf) < 8:
-        return np.zeros(0, dtype=u64)
-    return np.ndarray(shape=(len(buf) - 7,), dtype=u64, buffer=buf, strides=(1,))
-
-
-class _Group:
-    """Rows of one event id with their argument layout."""
-
-    def __init__(self, name: str, decl: list[te.Arg], rows: np.ndarray):
-        self.name, self.decl, self.rows = name, decl, rows
-        self.strings = any(a.is_string for a in decl)
-        self.values: list[tuple[np.ndarray, np.ndarray]] = []  # int args: (u64 values, valid)
-        self.slow_vals: list[list] = []  # string events: the values of each record
-
-
-def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, str], decls, order: str,
-           u64: np.dtype, file: str, meta: dict, args_text: bool = True, two: bool = False) -> pd.DataFrame:
-    """QEMU_EVENTS rows from the event record starts (file order); ``two``: the second half of the rows is
-    filled by a forked child (typed columns written in shared memory, its text mapped back from a file)."""
+def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str], decls, file: str, meta: dict,
+           args_text: bool, threads: int) -> pd.DataFrame:
+    """QEMU_EVENTS rows of the event records (file order); ``threads`` 2: each half of the rows on a thread."""
     k = len(starts)
-    words = _unaligned_words(buf, u64)
-    eid, ts, lp = (words[starts + 8 * w].astype(np.uint64, copy=False) for w in (1, 2, 3))
-    if _big(u64):
-        length, pid = (lp >> np.uint64(32)), (lp & np.uint64(0xFFFFFFFF))
-    else:
-        length, pid = (lp & np.uint64(0xFFFFFFFF)), (lp >> np.uint64(32))
-    length = length.astype(np.int64)
-    pid = pid.astype(np.int64)
-    nargs = (length - 24) // 8
-    # event ids: sorted distinct values and each row's index among them (as np.unique, by hashing)
-    fc, fu = pd.factorize(eid, sort=True)
-    ids, code = np.asarray(fu, dtype=np.uint64), fc.astype(np.int32 if len(fu) >= 2**15 else np.int16)
+    fc, fu = pd.factorize(eid, sort=True)  # event ids: sorted distinct values, each row's index among them
+    ids = np.asarray(fu, dtype=np.uint64)
+    code = fc.astype(np.int32)
     ev_names: list[str] = []
     gdecls: list[list[te.Arg]] = []
     nmax: np.ndarray | None = None  # most values per record of each id (for ids without a declaration)
-    for gi, i in enumerate(ids):
-        i = int(i)
+    for gi, i in enumerate(ids.tolist()):
         if i == DROPPED_EVENT_ID:
             nm = "dropped"
         else:
@@ -397,234 +222,134 @@ def _build(data: bytes, buf: np.ndarray, starts: np.ndarray, names: dict[int, st
         if decl is None:
             if nmax is None:
                 nmax = np.zeros(len(ids), dtype=np.int64)
-                np.maximum.at(nmax, code, nargs)
+                np.maximum.at(nmax, code, (length - 24) // 8)
             decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
         gdecls.append(decl)
-    typed = _typed_arrays(k, shared=two)
-    job = _Job(data, words, starts, code, length, nargs, ev_names, gdecls, order, typed, args_text)
-    h = k // 2 if two else k
-    child = _fork_fill(job, h, k) if two else None
-    t0 = time.monotonic()
-    try:
-        args, state_rows, state_vals = job.fill(0, h)
-    except BaseException:
-        if child is not None:
-            _stop_child(child[0])
-            os.close(child[1])
-        raise
-    if child is not None:
-        args2, rows2, vals2 = _wait_fill(job, child, h, k, max(CHILD_WAIT_MIN, 10 * (time.monotonic() - t0)))
-        args = pa.chunked_array([args, args2])
-        state_rows += rows2
-        state_vals += vals2
+    lay = _Layout(ev_names, gdecls, args_text)
+    cols = _empty(len(_TYPED) * k, np.int64).reshape(len(_TYPED), k)
+    nulls = _empty(len(_TYPED) * k, np.uint8).reshape(len(_TYPED), k)
+    cuts = [0, k // 2, k] if threads > 1 and k > 1 else [0, k]
+    runs = list(zip(cuts[:-1], cuts[1:], strict=True))
+    if len(runs) > 1:
+        with ThreadPoolExecutor(len(runs)) as pool:  # the C loop releases the GIL
+            parts = list(pool.map(lambda r: lay.fill(data, big, starts, length, code, cols, nulls, *r), runs))
+    else:
+        parts = [lay.fill(data, big, starts, length, code, cols, nulls, *runs[0])]
     # categories as pd.Categorical(values) makes them: the sorted distinct names
     uniq_sorted = sorted(set(ev_names))
-    cat_of_group = np.array([uniq_sorted.index(x) for x in ev_names], dtype=np.int64)
-    cols: dict[str, object] = {
+    cat_of_group = np.array([uniq_sorted.index(x) for x in ev_names], dtype=np.int32)
+    out: dict[str, object] = {
         "time_ns": pd.arrays.IntegerArray(ts.view(np.int64), np.zeros(k, bool)),
         "tid": pd.arrays.IntegerArray(pid, np.zeros(k, bool)),
         "event": pd.Categorical.from_codes(cat_of_group[code], categories=pd.Index(uniq_sorted, dtype="str")),
-        "args": pd.arrays.ArrowStringArray(args) if k else pd.array([], "string"),
+        "args": _string_column([a for a, _ in parts], k),
     }
-    for c in (*POINTER_COLUMNS, *INT_COLUMNS):
-        dat, msk = typed[c]
-        cols[c] = pd.arrays.IntegerArray(dat, msk)
-    cols["state"] = _sparse_strings(k, np.concatenate(state_rows) if state_rows else np.zeros(0, np.int64),
-                                    state_vals)
-    cols["file"] = pd.Categorical.from_codes(np.zeros(k, dtype=np.int8), categories=[file])
-    cols["pos"] = starts
+    for j, c in enumerate(_TYPED):
+        out[c] = pd.arrays.IntegerArray(cols[j].view(np.uint64) if c in POINTER_COLUMNS else cols[j],
+                                        nulls[j].view(bool))
+    out["state"] = _string_column([s for _, s in parts], k)
+    out["file"] = pd.Categorical.from_codes(np.zeros(k, dtype=np.int8), categories=[file])
+    out["pos"] = starts
     dropped = eid == DROPPED_EVENT_ID
     meta["dropped_records"] = int(dropped.sum())
     if dropped.any():
-        meta["dropped_events"] = int(_read_u64(data, starts[dropped] + 32, u64).astype(np.int64).sum())
+        at = starts[dropped & (length >= 32)] + 32  # its one value: the number of events lost
+        raw = np.frombuffer(data, np.uint8)[at[:, None] + np.arange(8)].copy().view(order_u64(big))
+        meta["dropped_events"] = int(raw.astype(np.int64).sum())
         meta["notes"].append(f"{file}: {meta['dropped_records']} dropped-event records "
                              f"({meta['dropped_events']} events lost by QEMU's trace buffer)")
-    return pd.DataFrame(cols, copy=False)
+    return pd.DataFrame(out, copy=False)
 
 
-def _typed_arrays(k: int, shared: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Zeroed data and all-True masks of the typed columns; ``shared``: in memory a forked child writes too."""
-    cols = (*POINTER_COLUMNS, *INT_COLUMNS)
-    if not shared:
-        return {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS else np.int64), np.ones(k, bool)) for c in cols}
-    mm = mmap.mmap(-1, max(len(cols) * 9 * k, 1))  # MAP_SHARED | MAP_ANONYMOUS, zero-filled
-    out = {}
-    for j, c in enumerate(cols):
-        d = np.frombuffer(mm, np.uint64 if c in POINTER_COLUMNS else np.int64, k, 8 * k * j)
-        m = np.frombuffer(mm, bool, k, 8 * k * len(cols) + k * j)
-        m[:] = True
-        out[c] = (d, m)
-    return out
+def _empty(n: int, dtype) -> np.ndarray:
+    """A zero-filled array in its own anonymous mapping, without transparent huge pages: numpy asks for huge pages
+    on big arrays, and the first touch of those can stall in page compaction (measured on a 2 M-record file:
+    0.47-0.67 s with them, 0.27-0.29 s without)."""
+    dtype = np.dtype(dtype)
+    m = mmap.mmap(-1, max(n, 1) * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(m, dtype)[:n]
 
 
-class _Job:
-    """What filling rows needs: the data, per-row record fields, per-group names and declarations, outputs."""
+def order_u64(big: bool) -> np.dtype:
+    return np.dtype(">u8" if big else "<u8")
 
-    def __init__(self, data, words, starts, code, length, nargs, ev_names, gdecls, order, typed, args_text):
-        self.data, self.words, self.starts, self.code = data, words, starts, code
-        self.length, self.nargs, self.ev_names, self.gdecls = length, nargs, ev_names, gdecls
-        self.order, self.typed, self.args_text = order, typed, args_text
 
-    def fill(self, lo: int, hi: int) -> tuple[pa.Array, list[np.ndarray], list]:
-        """Typed columns of rows [lo, hi) (written in place); returns their args text and state values."""
+class _Layout:
+    """The argument tables the C fill reads: per group (event id) the range of its arguments and whether it
+    writes text; per argument whether it is a string, its typed column (-1: none), sign width, whether it is the
+    event's state, and its label (``name=`` or `` name=``)."""
+
+    def __init__(self, ev_names: list[str], gdecls: list[list[te.Arg]], args_text: bool):
+        g_lo, g_text, g_cap, g_str, g_state = [0], [], [], [], []
+        a_string, a_col, a_bits, a_state, labels = [], [], [], [], []
+        for nm, decl in zip(ev_names, gdecls, strict=True):
+            ints = [a for a in decl if not a.is_string]
+            lab = [(f" {a.name}=" if j else f"{a.name}=").encode() for j, a in enumerate(decl)]
+            g_lo.append(g_lo[-1] + len(decl))
+            g_text.append(args_text or not ints)  # without text: null for rows with integer arguments
+            g_cap.append(sum(map(len, lab)) + 18 * len(ints))  # "0x" + 16 digits at most
+            g_str.append(len(ints) < len(decl))
+            g_state.append(any(a.is_string and STATE_ARGS.get(nm) == a.name for a in decl))
+            for a, x in zip(decl, lab, strict=True):
+                col = None if a.is_string else ARG_COLUMNS.get(a.name)
+                a_string.append(a.is_string)
+                a_col.append(_TYPED.index(col) if col is not None else -1)
+                a_bits.append(0 if col in POINTER_COLUMNS else a.signed_bits)
+                a_state.append(a.is_string and STATE_ARGS.get(nm) == a.name)
+                labels.append(x)
+        self.g_lo = np.array(g_lo, np.int64)
+        self.g_text = np.array(g_text, np.uint8)
+        self.g_cap = np.array(g_cap, np.int64)
+        self.g_str = np.array(g_str, bool)
+        self.g_state = np.array(g_state, bool)
+        self.a_string = np.array(a_string, np.uint8)
+        self.a_col = np.array(a_col, np.int64)
+        self.a_bits = np.array(a_bits, np.int64)
+        self.a_state = np.array(a_state, np.uint8)
+        self.lab = np.frombuffer(b"".join(labels), np.uint8)
+        self.lab_lo = np.zeros(len(labels) + 1, np.int64)
+        np.cumsum([len(x) for x in labels], out=self.lab_lo[1:])
+
+    def fill(self, data, big: bool, starts, length, code, cols, nulls, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
+        """Typed columns of rows [lo, hi) in place; their ``args`` text and state strings."""
         n = hi - lo
-        ng = len(self.ev_names)
-        key = self.code[lo:hi]
-        by = np.argsort(key, kind="stable") + lo
-        bounds = np.zeros(ng + 1, dtype=np.int64)
-        np.cumsum(np.bincount(key, minlength=ng), out=bounds[1:])
-        state_rows: list[np.ndarray] = []
-        state_vals: list = []
-        groups: list[_Group] = []
-        data, starts, length, nargs, words = self.data, self.starts, self.length, self.nargs, self.words
-        for gi in range(ng):
-            if bounds[gi] == bounds[gi + 1]:
-                continue
-            rows = by[bounds[gi]:bounds[gi + 1]]
-            nm, decl = self.ev_names[gi], self.gdecls[gi]
-            g = _Group(nm, decl, rows - lo)
-            groups.append(g)
-            sp = None
-            if g.strings:  # variable layout: each record on its own
-                eid = DROPPED_EVENT_ID if nm == "dropped" else 0
-                st = starts[rows]
-                g.slow_vals = [_decode_slow(data[int(p) + 32:int(p) + 8 + int(ln)], decl, self.order, eid)
-                               for p, ln in zip(st, length[rows], strict=True)]
-            for j, a in enumerate(decl):
-                if a.is_string:
-                    if STATE_ARGS.get(nm) == a.name:
-                        state_rows.append(rows)
-                        state_vals += [vals[j] if j < len(vals) else None for vals in g.slow_vals]
-                    g.values.append((np.zeros(0, np.uint64), np.zeros(0, bool)))
-                    continue
-                if g.strings:
-                    x = [vals[j] if j < len(vals) else None for vals in g.slow_vals]
-                    valid = np.array([isinstance(y, int) for y in x], dtype=bool)
-                    v = np.array([y if isinstance(y, int) else 0 for y in x], dtype=np.uint64)
-                else:
-                    valid = nargs[rows] > j
-                    if sp is None:
-                        sp = starts[rows] + 32
-                    if valid.all():
-                        v = words[sp + 8 * j].astype(np.uint64, copy=False)
-                    else:  # a record shorter than its declaration: the missing values stay null
-                        v = np.zeros(len(rows), dtype=np.uint64)
-                        v[valid] = words[sp[valid] + 8 * j]
-                g.values.append((v, valid))
-                col = ARG_COLUMNS.get(a.name)
-                if col is not None:
-                    dat, msk = self.typed[col]
-                    dat[rows] = v if col in POINTER_COLUMNS else _sign(v, a.signed_bits)
-                    msk[rows] = ~valid
-        return _args_text(groups, n, self.args_text), state_rows, state_vals
+        c = code[lo:hi]
+        body = length[lo:hi] - 24
+        tcap = int(np.bincount(c, minlength=len(self.g_cap)) @ self.g_cap + body[self.g_str[c]].sum())
+        scap = int(body[self.g_state[c]].sum())
+        text, stext = _empty(tcap, np.uint8), _empty(scap, np.uint8)
+        toff, soff = np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)
+        tvalid, svalid, high = np.empty(n, np.uint8), np.empty(n, np.uint8), np.empty(n, np.uint8)
+        t, s = _simplec.fill(data, big, starts, length, code, self.g_lo, self.g_text, self.a_string, self.a_col,
+                             self.a_bits, self.a_state, self.lab, self.lab_lo, cols, nulls, len(cols), lo, hi,
+                             text, toff, tvalid, stext, soff, svalid, high)
+        high = high.view(bool)
+        return (_text_array(text[:t], toff, tvalid.view(bool), high),
+                _text_array(stext[:s], soff, svalid.view(bool), high))
 
 
-def _fork_fill(job: _Job, lo: int, hi: int) -> tuple[int, int] | None:
-    """Start a child filling rows [lo, hi): (pid, fd of the file its text and states come back in), or None."""
-    return _fork(lambda f: _dump(f, job.fill(lo, hi)))
+def _text_array(data: np.ndarray, off: np.ndarray, valid: np.ndarray, high: np.ndarray) -> pa.Array:
+    """A large_string array from the C fill's bytes, offsets and validity; rows with a byte >= 0x80 in a string
+    are decoded again here (invalid UTF-8 -> U+FFFD, as ``bytes.decode(errors='replace')``)."""
+    n = len(valid)
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [bitmap, pa.py_buffer(off), pa.py_buffer(data)])
+    fix = np.flatnonzero(high & valid)
+    if len(fix):
+        new = [v.decode("utf-8", errors="replace").encode() for v in arr.take(pa.array(fix)).to_pylist()]
+        mask = np.zeros(n, bool)
+        mask[fix] = True
+        arr = pc.replace_with_mask(arr, pa.array(mask), pa.array(new, pa.large_binary()))
+    return arr.view(pa.large_string())
 
 
-def _wait_fill(job: _Job, child: tuple[int, int], lo: int, hi: int,
-               limit: float) -> tuple[pa.Array, list[np.ndarray], list]:
-    """The child's text and states (or the same work here if it failed or is not done within ``limit`` s)."""
-    objs = _collect(child, limit)
-    return objs[0] if objs else job.fill(lo, hi)
-
-
-def _sparse_strings(k: int, rows: np.ndarray, vals: list) -> pd.api.extensions.ExtensionArray:
-    """A pandas string column of k nulls with ``vals`` (str or None) at ``rows``."""
+def _string_column(parts: list[pa.Array], k: int) -> pd.api.extensions.ExtensionArray:
+    """A pandas string column of k rows from the halves' arrays (no copy)."""
     if k == 0:
         return pd.array([], dtype="string")
-    lens = np.zeros(k, dtype=np.int64)
-    valid = np.zeros(k, dtype=bool)
-    enc = [None if v is None else v.encode() for v in vals]
-    for r, b in zip(rows, enc, strict=True):
-        if b is not None:
-            lens[r] = len(b)
-            valid[r] = True
-    order = np.argsort(rows, kind="stable")
-    blob = b"".join(enc[o] for o in order if enc[o] is not None)
-    offs = np.zeros(k + 1, dtype=np.int64)
-    np.cumsum(lens, out=offs[1:])
-    arr = pa.LargeStringArray.from_buffers(k, pa.py_buffer(offs), pa.py_buffer(blob),
-                                           pa.py_buffer(np.packbits(valid, bitorder="little")),
-                                           null_count=int(k - valid.sum()))
-    return pd.arrays.ArrowStringArray(arr)
-
-
-def _args_text(groups: list[_Group], k: int, args_text: bool) -> pa.Array:
-    """The ``args`` text (``name=0x...`` pairs, strings as written) of every row, in row order.
-
-    Per event id the rows are laid out in a byte matrix at fixed columns (labels, 16 hex digits per value); the
-    text is the concatenation of the ranges that skip the leading zeros, cut out by one Arrow filter.
-    """
-    parts: list[pa.Array] = []
-    for g in groups:
-        n = len(g.rows)
-        ints = [j for j, a in enumerate(g.decl) if not a.is_string]
-        if g.strings:
-            txt = []
-            for vals in g.slow_vals:
-                pieces = []
-                null = False
-                for j, a in enumerate(g.decl):
-                    pieces.append(f" {a.name}=" if j else f"{a.name}=")
-                    x = vals[j] if j < len(vals) else None
-                    if a.is_string:
-                        pieces.append(x if isinstance(x, str) else "")
-                    elif not args_text:
-                        null = True
-                    else:
-                        pieces.append("0x%x" % (x if isinstance(x, int) else 0))
-                txt.append(None if null else "".join(pieces))
-            parts.append(pa.array(txt, pa.large_string()))
-            continue
-        if not ints:
-            parts.append(pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, np.int64)), pa.py_buffer(b"")))
-            continue
-        if not args_text:
-            parts.append(pa.nulls(n, pa.large_string()))
-            continue
-        labels = [(f" {a.name}=0x" if j else f"{a.name}=0x").encode() for j, a in enumerate(g.decl)]
-        digits = [_hex_digits(g.values[j][0]) for j in range(len(labels))]
-        # a value with the same number of digits in every row takes just those columns; the others take 16,
-        # and the text skips their leading zeros (a range ends before them, the next starts at the digits)
-        fixed = [int(d[0]) if (d == d[0]).all() else 0 for d in digits]
-        width = sum(len(x) + (f or 16) for x, f in zip(labels, fixed, strict=True))
-        mat = np.empty((n, width), dtype=np.uint8)
-        base = np.arange(n, dtype=np.int64) * width
-        A: list[np.ndarray] = []
-        B: list[np.ndarray] = []
-        start = base
-        c = 0
-        for j, lab in enumerate(labels):
-            mat[:, c:c + len(lab)] = np.frombuffer(lab, dtype=np.uint8)
-            c += len(lab)
-            h = _hex16(g.values[j][0])
-            f = fixed[j]
-            if f:
-                mat[:, c:c + f] = h[:, 16 - f:]
-                c += f
-                continue
-            mat[:, c:c + 16] = h
-            A.append(start)
-            B.append(base + c)
-            c += 16
-            start = base + (c - digits[j])
-        if not A:  # every row is its whole matrix row: the matrix is the text
-            offs = np.arange(n + 1, dtype=np.int64) * width
-            parts.append(pa.LargeStringArray.from_buffers(n, pa.py_buffer(offs), pa.py_buffer(mat.reshape(-1))))
-            continue
-        A.append(start)
-        B.append(base + c)
-        parts.append(_ranges_text(mat.reshape(-1), A, B))
-    if not parts:
-        return pa.array([], pa.large_string())
-    inv = np.empty(k, dtype=np.int64)
-    inv[np.concatenate([g.rows for g in groups])] = np.arange(k)
-    # take from the groups' arrays as chunks (no concatenated copy first)
-    out = pc.take(pa.chunked_array(parts, pa.large_string()), pa.array(inv), boundscheck=False)
-    return out.chunk(0) if out.num_chunks == 1 else out.combine_chunks()
+    return pd.arrays.ArrowStringArray(parts[0] if len(parts) == 1 else pa.chunked_array(parts))
 
 
 def write(path: str | os.PathLike, names: dict[int, str], records: Iterable[tuple[int, int, int, list]],
