@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit import fileio
+from toolkit import fileio, memory
 from toolkit.events import QEMU_EVENTS, REJECTS
 from toolkit.parsers import ParseResult
 
@@ -182,7 +182,7 @@ def concat(chunks: Iterable[ParseResult]) -> ParseResult:
                 ev = ev.assign(**{col: pd.Categorical.from_codes(lut[np.asarray(a.codes)], dtype=dtype)})
         parts.append(ev)
     rejects = pd.concat([c.rejects for c in chunks], ignore_index=True)
-    return ParseResult(events=pd.concat(parts, ignore_index=True), rejects=rejects, meta=chunks[-1].meta)
+    return ParseResult(events=memory.concat(parts), rejects=rejects, meta=chunks[-1].meta)
 
 
 def _chunk(held: tuple[pd.DataFrame | None, list[pd.DataFrame]], acc: dict, *, final: bool) -> ParseResult:
@@ -208,7 +208,7 @@ def _combine(ev_parts: list[pd.DataFrame], rej_parts: list[pd.DataFrame], acc: d
     """The final tables from the parts (file order) and the meta from the running totals."""
     if len(ev_parts) > 1:
         ev_parts = _common_categories(ev_parts, ("event", "file"))
-    events = pd.concat(ev_parts, ignore_index=True) if ev_parts else QEMU_EVENTS.empty()
+    events = memory.concat(ev_parts) if ev_parts else QEMU_EVENTS.empty()
     if ev_parts:
         events["event"] = events["event"].astype("category")
         events["file"] = events["file"].astype("category")

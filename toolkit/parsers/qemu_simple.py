@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit import fileio
+from toolkit import fileio, memory
 from toolkit.events import QEMU_EVENTS, REJECTS
 from toolkit.parsers import ParseResult, _simplec, reject_rows
 from toolkit.parsers import trace_events as te
@@ -96,7 +96,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
         meta["unknown_events"] += [u for u in m["unknown_events"] if u not in meta["unknown_events"]]
         meta["truncated"] += m["truncated"]
         notes += m["notes"]
-    events = pd.concat(evs, ignore_index=True) if evs else QEMU_EVENTS.empty()
+    events = memory.concat(evs) if evs else QEMU_EVENTS.empty()
     events["event"] = events["event"].astype("category")
     events["file"] = events["file"].astype("category")
     rejects = pd.concat(rejs, ignore_index=True) if rejs else REJECTS.empty()
@@ -142,7 +142,7 @@ def _parse_one(data, file: str, decls: dict[str, list[te.Arg]] | None, args_text
     meta["byte_order"] = "little" if order == "<" else "big"
     big = order == ">"
     cap = (L - 24) // 32 + 1  # records are at least 32 bytes
-    rec = {c: _empty(cap, np.uint64 if c in ("eid", "ts") else np.int64)
+    rec = {c: memory.empty(cap, np.uint64 if c in ("eid", "ts") else np.int64)  # upper bound: tail never touched
            for c in ("starts", "eid", "ts", "pid", "length")}
     names: dict[int, str] = {}
     rejects: list[tuple[int, int, str, str]] = []
@@ -226,8 +226,8 @@ def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str],
             decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
         gdecls.append(decl)
     lay = _Layout(ev_names, gdecls, args_text)
-    cols = _empty(len(_TYPED) * k, np.int64).reshape(len(_TYPED), k)
-    nulls = _empty(len(_TYPED) * k, np.uint8).reshape(len(_TYPED), k)
+    cols = memory.empty(len(_TYPED) * k, np.int64, populate=True).reshape(len(_TYPED), k)
+    nulls = memory.empty(len(_TYPED) * k, np.uint8, populate=True).reshape(len(_TYPED), k)
     cuts = [0, k // 2, k] if threads > 1 and k > 1 else [0, k]
     runs = list(zip(cuts[:-1], cuts[1:], strict=True))
     if len(runs) > 1:
@@ -259,17 +259,6 @@ def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str],
         meta["notes"].append(f"{file}: {meta['dropped_records']} dropped-event records "
                              f"({meta['dropped_events']} events lost by QEMU's trace buffer)")
     return pd.DataFrame(out, copy=False)
-
-
-def _empty(n: int, dtype) -> np.ndarray:
-    """A zero-filled array in its own anonymous mapping, without transparent huge pages: numpy asks for huge pages
-    on big arrays, and the first touch of those can stall in page compaction (measured on a 2 M-record file:
-    0.47-0.67 s with them, 0.27-0.29 s without)."""
-    dtype = np.dtype(dtype)
-    m = mmap.mmap(-1, max(n, 1) * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        m.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(m, dtype)[:n]
 
 
 def order_u64(big: bool) -> np.dtype:
@@ -319,7 +308,7 @@ class _Layout:
         body = length[lo:hi] - 24
         tcap = int(np.bincount(c, minlength=len(self.g_cap)) @ self.g_cap + body[self.g_str[c]].sum())
         scap = int(body[self.g_state[c]].sum())
-        text, stext = _empty(tcap, np.uint8), _empty(scap, np.uint8)
+        text, stext = memory.empty(tcap, np.uint8), memory.empty(scap, np.uint8)  # upper bounds
         toff, soff = np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)
         tvalid, svalid, high = np.empty(n, np.uint8), np.empty(n, np.uint8), np.empty(n, np.uint8)
         t, s = _simplec.fill(data, big, starts, length, code, self.g_lo, self.g_text, self.a_string, self.a_col,
