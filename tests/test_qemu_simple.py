@@ -230,3 +230,38 @@ def test_strings_not_utf8(tmp_path, te_file):
         assert e["args"].tolist()[0::2] == [f"new_state={s}" for s in want]
         assert e["args"].tolist()[1::2] == [f"current_state=0x3 current_state_str=xx new_state=0x4 new_state_str={s}"
                                             for s in want]
+
+
+def test_c_loops_check_their_buffers(tmp_path, te_file):
+    """The C loops refuse arrays too small for what they would write (a clear error, no memory corruption)."""
+    from toolkit.parsers import _simplec
+
+    names = {5: "thread_pool_complete"}
+    p = tmp_path / "t"
+    qemu_simple.write(p, names, [(5, i, 9, [1, 2, 3, 4]) for i in range(100)])
+    data = p.read_bytes()
+    small = [np.empty(10, t) for t in (np.int64, np.uint64, np.uint64, np.int64, np.int64)]
+    with pytest.raises(ValueError, match="starts has 80 bytes"):
+        _simplec.events(data, False, 24, qemu_simple.MAX_EVENT_ID, qemu_simple.DROPPED_EVENT_ID, *small, 0)
+    big = [np.empty(len(data) // 32 + 1, t) for t in (np.int64, np.uint64, np.uint64, np.int64, np.int64)]
+    stop, n = _simplec.events(data, False, 24 + 20 + len("thread_pool_complete"), qemu_simple.MAX_EVENT_ID,
+                              qemu_simple.DROPPED_EVENT_ID, *big, 0)
+    assert (stop, n) == (len(data), 100) and big[1][:n].tolist() == [5] * 100 and big[2][:n].tolist() == list(range(100))
+    assert _simplec.next_event(data, False, 25, qemu_simple.MAX_EVENT_ID, qemu_simple.DROPPED_EVENT_ID) == big[0][0]
+    lay = qemu_simple._Layout(["thread_pool_complete"], [DECLS["thread_pool_complete"]], True)
+    starts, length = big[0][:n], big[4][:n]
+    code = np.zeros(n, np.int32)
+    cols, nulls = np.empty((13, n), np.int64), np.empty((13, n), np.uint8)
+    text, toff = np.empty(10, np.uint8), np.empty(n + 1, np.int64)
+    flags = [np.empty(n, np.uint8) for _ in range(3)]
+    args = (data, False, starts, length, code, lay.g_lo, lay.g_text, lay.a_string, lay.a_col, lay.a_bits,
+            lay.a_state, lay.lab, lay.lab_lo)
+    with pytest.raises(ValueError, match="text buffer too small"):
+        _simplec.fill(*args, cols, nulls, 13, 0, n, text, toff, flags[0], np.empty(1, np.uint8), np.empty(n + 1, np.int64),
+                      flags[1], flags[2])
+    with pytest.raises(ValueError, match="cols has"):
+        _simplec.fill(*args, cols[:5], nulls, 13, 0, n, text, toff, flags[0], np.empty(1, np.uint8),
+                      np.empty(n + 1, np.int64), flags[1], flags[2])
+    with pytest.raises(ValueError, match="g_lo"):
+        _simplec.fill(data, False, starts, length, code, lay.g_lo[:1], *args[6:], cols, nulls, 13, 0, n, text, toff,
+                      flags[0], np.empty(1, np.uint8), np.empty(n + 1, np.int64), flags[1], flags[2])
