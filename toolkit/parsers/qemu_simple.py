@@ -11,10 +11,12 @@ in the file: they come from a ``trace-events-all`` of the same build (``trace_ev
 without one every argument is a raw u64 named ``arg0..`` and a note says so. Dropped-event records
 (id 0xfffffffffffffffe, one u64 = events lost) are kept as events named ``dropped`` and counted in meta.
 
+``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
+
 Speed: the two per-record loops are in C (``_simplec.c``, built when the package is installed): the run of
 event records that follow one another, and the decoding of each row (typed columns, args text, states); the
 rows of a big file are decoded in two halves on two threads (the C loop runs without the GIL). Mapping
-records, bytes that are no record and cut records are handled here, one by one. ``time_ns`` is host CLOCK_MONOTONIC ns; ``tid`` holds the pid.
+records, bytes that are no record and cut records are handled here, one by one.
 """
 
 from __future__ import annotations
@@ -254,15 +256,11 @@ def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str],
     meta["dropped_records"] = int(dropped.sum())
     if dropped.any():
         at = starts[dropped & (length >= 32)] + 32  # its one value: the number of events lost
-        raw = np.frombuffer(data, np.uint8)[at[:, None] + np.arange(8)].copy().view(order_u64(big))
+        raw = np.frombuffer(data, np.uint8)[at[:, None] + np.arange(8)].copy().view(">u8" if big else "<u8")
         meta["dropped_events"] = int(raw.astype(np.int64).sum())
         meta["notes"].append(f"{file}: {meta['dropped_records']} dropped-event records "
                              f"({meta['dropped_events']} events lost by QEMU's trace buffer)")
     return pd.DataFrame(out, copy=False)
-
-
-def order_u64(big: bool) -> np.dtype:
-    return np.dtype(">u8" if big else "<u8")
 
 
 class _Layout:
