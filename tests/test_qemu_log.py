@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from conftest import QEMU_LOGS, TRACES
 
@@ -204,6 +205,25 @@ def test_values_hex_decimal_nil_negative(tmp_path):
     assert e[["req", "opaque", "ret"]].iloc[3].isna().all()  # unreadable values stay null, text kept
     assert e["args"].iloc[3].endswith("ret x")
 
+
+
+def test_decimal_out_of_range_or_odd_is_null_not_an_error(tmp_path):
+    """Decimal values beyond 64 bits, a double minus, non-ASCII digits: null values, the lines kept (these made
+    the reader raise before); PRIu64 values above int64 are read as unsigned."""
+    p = tmp_path / "q.log"
+    odd = ["99999999999999999999", "--5", "\u0663", "18446744073709551616", "-9223372036854775809"]
+    p.write_text("".join(f"1@1.00000{i}:thread_pool_complete pool 0x1 req {v} opaque 0x2 ret {v}\n"
+                         for i, v in enumerate(odd))
+                 + "1@1.000009:bdrv_co_pwritev_part bs 0x1 offset 18446744073709551615 bytes 9223372036854775808 "
+                   "flags -9223372036854775808\n")
+    r = qemu_log.parse(p)
+    e = r.events
+    assert len(e) == 6 and len(r.rejects) == 0
+    assert e["req"].iloc[:5].isna().all() and e["ret"].iloc[:5].isna().all() and (e["opaque"].iloc[:5] == 2).all()
+    assert e["args"].iloc[2] == "pool 0x1 req \u0663 opaque 0x2 ret \u0663"
+    assert e["offset"].iloc[5] == -1 and e["bytes"].iloc[5] == -(2**63) and e["flags"].iloc[5] == -(2**63)
+    v, ok = qemu_log.parse_ints(pa.array(["9223372036854775807", "9223372036854775808", "-1", "1" * 21]))
+    assert v.tolist()[:1] == [2**63 - 1] and ok.tolist() == [True, False, True, False]  # signed: int64 only
 
 def test_small_chunks_same_result(tmp_path):
     src = TRACES / "ext4-writeback" / "qemu-vm.log.xz"
