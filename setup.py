@@ -1,6 +1,8 @@
-"""Build of the one C extension (the QEMU simple-backend reader's per-record loops); the rest is in pyproject.toml."""
+"""Build of the C extensions (the per-record loops of the QEMU readers); the rest is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("toolkit.parsers._simplec", ["toolkit/parsers/_simplec.c"],
-                             extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"])])
+FLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+setup(ext_modules=[Extension(f"toolkit.parsers.{m}", [f"toolkit/parsers/{m}.c"], extra_compile_args=FLAGS)
+                   for m in ("_simplec", "_qemulogc")])

@@ -75,6 +75,61 @@ def test_typed_columns_real_line():
     assert e[e["event"] == "vm_state_notify"]["state"].tolist() == ["running", "finish-migrate"]
 
 
+@pytest.mark.parametrize("s,f", QEMU_LOGS, ids=[f"{s}/{f}" for s, f in QEMU_LOGS])
+def test_c_loop_typed_columns_equal_the_general_rule(s, f):
+    """Every real line: the typed columns the C loop reads equal the general rule (first occurrence of each
+    column's keys, the next token parsed by parse_ints) applied to the line's argument text with pyarrow."""
+    e = qemu_log.parse(TRACES / s / f).events
+    general = qemu_log._typed_args(pa.array(e["args"].fillna("").tolist(), pa.string()), len(e))
+    assert general, "no typed value at all"
+    for c in (*qemu_log.POINTER_COLUMNS, *qemu_log.INT_COLUMNS):
+        want = general.get(c)
+        if want is None:
+            assert e[c].isna().all(), c
+            continue
+        assert e[c].isna().tolist() == list(want.isna()), c
+        assert e[c].fillna(0).tolist() == list(want.fillna(0)), c
+
+
+def test_event_categories_are_the_events_read(tmp_path):
+    """Lines that are no trace event leave no category behind (their first word used to)."""
+    p = tmp_path / "q.log"
+    p.write_text("1@1.000000:thread_pool_submit pool 0x1 req 0x2 opaque 0x3\n"
+                 "qemu-system-x86_64: warning: host doesn't support requested feature\n"
+                 "2025-09-02T10:11:52Z virtio_blk_req_complete vdev 0x1 req 0x2 status 0\n"
+                 "12@1.5:Bad_Name x 1\n")
+    r = qemu_log.parse(p)
+    assert r.events["event"].astype(str).tolist() == ["thread_pool_submit", "virtio_blk_req_complete"]
+    assert sorted(r.events["event"].cat.categories) == ["thread_pool_submit", "virtio_blk_req_complete"]
+    assert r.rejects["pos"].tolist() == [2, 4]
+    p.write_text("1@1.000000:thread_pool_submit pool 0x1 req 0x2 opaque 0x3\nqemu-system-x86_64: warning: x\n")
+    assert list(qemu_log.parse(p).events["event"].cat.categories) == ["thread_pool_submit"]
+
+
+def test_c_loop_checks_its_buffers():
+    """The C loop refuses arrays too small for the lines it would write (a clear error, no memory corruption)."""
+    from toolkit.parsers import _qemulogc
+
+    data = b"1@1.000001:thread_pool_submit pool 0x1 req 0x2\n" * 3
+    assert _qemulogc.count(data) == 3
+    ncol = len(qemu_log._COLS)
+
+    def arrays(n: int, m: int | None = None) -> list[np.ndarray]:
+        m = n if m is None else m
+        return [*(np.empty(n, np.int64) for _ in range(4)), np.empty(n, np.uint8), np.empty(n, np.uint8),
+                np.empty(n, np.int64), np.empty(n, np.int64), np.empty(ncol * m, np.int64), np.empty(ncol * m, np.uint8)]
+
+    ok = arrays(3)
+    assert _qemulogc.lines(data, qemu_log._KEYS, qemu_log._KEYCOL, ncol, *ok) == 3
+    assert ok[4].tolist() == [1, 1, 1] and ok[7].tolist() == [1_000_001_000] * 3  # fast lines, time in ns
+    with pytest.raises(ValueError, match="more lines than the arrays hold"):
+        _qemulogc.lines(data, qemu_log._KEYS, qemu_log._KEYCOL, ncol, *arrays(2))
+    with pytest.raises(ValueError, match="cols has"):
+        _qemulogc.lines(data, qemu_log._KEYS, qemu_log._KEYCOL, ncol, *arrays(3, 1))
+    with pytest.raises(ValueError, match="key column out of range"):
+        _qemulogc.lines(data, qemu_log._KEYS, qemu_log._KEYCOL + 99, ncol, *arrays(3))
+
+
 def _restyle(lines: list[str], style: str) -> list[str]:
     out = []
     for ln in lines:

@@ -11,9 +11,11 @@ Times are host CLOCK_REALTIME in ns (microsecond resolution); bare logs have nul
 ``meta['timestamps'] = False``. Everything else in the file (warnings, monitor chatter, binary noise, a line cut
 by the end of the file) becomes a REJECTS row with its 1-based line number: nothing is dropped silently.
 
-The reader is vectorised with numpy and pyarrow compute over whole blocks (no per-line Python). An uncompressed
-file of at least ``PARALLEL_MIN`` bytes is read by two processes when a core is idle (the second part, cut at a line start, in a
-forked child whose tables come back through a mapped temporary file); the result is the same as one process's.
+Blocks of lines go through one loop in C (``_qemulogc.c``, built when the package is installed) for the two
+common shapes (``TID@SEC.USEC:event`` and bare ``event``: prefix, event name, typed arguments); the other prefix
+styles and non-event lines through one regex in pyarrow. An uncompressed file of at least ``PARALLEL_MIN`` bytes
+is read by two processes when a core is idle (the second part, cut at a line start, in a forked child whose
+tables come back through a mapped temporary file); the result is the same as one process's.
 :func:`parse_iter` yields the same table in chunks (one per block), :func:`concat` joins them.
 """
 
@@ -39,7 +41,7 @@ import pyarrow.compute as pc
 
 from toolkit import fileio, memory
 from toolkit.events import QEMU_EVENTS, REJECTS
-from toolkit.parsers import ParseResult
+from toolkit.parsers import ParseResult, _qemulogc
 
 #: one regex for every prefix style; an event name is snake_case with at least one underscore
 LINE_RE = (
@@ -58,6 +60,10 @@ ARG_COLUMNS: dict[str, str] = {
 }
 POINTER_COLUMNS = ("req", "vdev", "blk", "bs", "opaque")
 INT_COLUMNS = ("sector", "nsectors", "offset", "bytes", "flags", "status", "ret", "type")
+#: the typed columns in the C loop's order, and its key table (names joined by NUL, each one's column)
+_COLS = list(dict.fromkeys(ARG_COLUMNS.values()))
+_KEYS = b"\0".join(k.encode() for k in ARG_COLUMNS)
+_KEYCOL = np.array([_COLS.index(c) for c in ARG_COLUMNS.values()], dtype=np.int64)
 
 #: events whose state is named in their args: event -> regex with one group ``s``
 STATE_RULES: dict[str, str] = {
@@ -625,8 +631,9 @@ def _parse_block(data: bytes | memoryview, file: str, line0: int,
                  stats: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int, dict[str, int]]:
     """Parse complete lines (``data`` ends with a newline). Returns events, rejects, line count, style counts.
 
-    Fast path in numpy over the bytes for the two common shapes (``TID@SEC.USEC:event`` and bare ``event``);
-    the other prefix styles and non-event lines go through one regex (``LINE_RE``).
+    The C loop takes the two common shapes (``TID@SEC.USEC:event`` and bare ``event``: the same rules as
+    ``LINE_RE``, :func:`_typed_args` and :func:`parse_ints`); the other prefix styles and non-event lines go
+    through one regex (``LINE_RE``).
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.max(initial=0) >= 0x80:
@@ -635,72 +642,36 @@ def _parse_block(data: bytes | memoryview, file: str, line0: int,
         except UnicodeDecodeError:  # binary noise: replace invalid bytes so that Arrow strings stay valid UTF-8
             data = str(data, "utf-8", errors="replace").encode("utf-8")
             buf = np.frombuffer(data, dtype=np.uint8)
-    # one scan for every byte class of interest: newline, space, ':', '@', '.'
-    pos = _byte_positions(buf, (10, 32, 58, 64, 46))
-    cls = buf[pos]
-    isnl = cls == 10
-    nl = pos[isnl]
-    n = len(nl)
-    s = np.empty(n, dtype=np.int64)
-    s[0] = 0
-    s[1:] = nl[:-1] + 1
-    e = nl.astype(np.int64)
+    # the per-line loop (C): bounds, prefix, event name, whether the fast path takes the line, typed columns
+    n = _qemulogc.count(data)
+    s, e, ev_s, sp, tid_all, t_all = (np.empty(n, np.int64) for _ in range(6))
+    fast, lf_all = np.empty(n, np.uint8), np.empty(n, np.uint8)
+    cols = memory.empty(len(_COLS) * n, np.int64, populate=True).reshape(len(_COLS), n)
+    nulls = memory.empty(len(_COLS) * n, np.uint8, populate=True).reshape(len(_COLS), n)
+    _qemulogc.lines(data, _KEYS, _KEYCOL, len(_COLS), s, e, ev_s, sp, fast, lf_all, tid_all, t_all, cols, nulls)
     if stats is not None and n:
         stats["max_line"] = int((e - s).max())
     lineno = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
-
-    issp = cls == 32
-    spc = pos[issp]
-    ke = np.flatnonzero(cls[isnl | issp] == 10) - np.arange(n)  # spaces before each line end
-    ks = np.empty(n, dtype=ke.dtype)  # spaces before each line start
-    ks[0] = 0
-    ks[1:] = ke[:-1]
-    sp = np.where(ks < ke, spc[np.minimum(ks, max(len(spc) - 1, 0))] if len(spc) else e, e)
-    co = _first_at_or_after_pos(pos[cls == 58], s, sp)
-    at = _first_at_or_after_pos(pos[cls == 64], s, co)
-    dot = _first_at_or_after_pos(pos[cls == 46], at, co)
-    legacy = (co < sp) & (at > s) & (dot > at + 1) & (co > dot + 1)
-    ev_s = np.where(legacy, co + 1, s)
-    # event names: check the few distinct names, not the lines
-    names = pc.dictionary_encode(_gather(buf, ev_s, sp))
-    good = np.array([bool(_NAME.fullmatch(x)) for x in names.dictionary.to_pylist()], dtype=bool)
-    codes = names.indices.to_numpy(zero_copy_only=False)
-    fast = good[codes] if len(good) else np.zeros(n, bool)
-    li = np.flatnonzero(legacy & fast)
-    if len(li):
-        words = _words(buf)
-        tid_v, sec_v, ok12 = _prefix_runs(buf, words, s[li], at[li], dot[li])
-        usec_v, ok3 = _digits(buf, dot[li] + 1, co[li], 9, words)
-        dig = ok12 & ok3  # other digit runs (long fractions, huge numbers): the regex path
-        fast[li[~dig]] = False
-        li, tid_v, sec_v = li[dig], tid_v[dig], sec_v[dig]
-        frac_ns = usec_v[dig] * 10 ** (9 - (co[li] - dot[li] - 1))
+    fast = fast.view(bool)
     fi = np.flatnonzero(fast)
     nfast = len(fi)
     if nfast == n:  # every line (the usual case): views, no copies
         fi = slice(None)
-        ev_name = names
-    else:
-        ev_name = names.take(pa.array(fi))
+    ev_name = pc.dictionary_encode(_gather(buf, ev_s[fi], sp[fi]))
     args = _gather(buf, np.minimum(sp[fi] + 1, e[fi]), e[fi])
-    lf = legacy[fi] & fast[fi]
+    lf = lf_all[fi].view(bool)
     tmask = ~lf
-    if len(li) and len(li) == nfast:
-        tid = tid_v
-        t = sec_v * 1_000_000_000 + frac_ns
-    else:
-        tid = np.zeros(nfast, dtype=np.int64)
-        t = np.zeros(nfast, dtype=np.int64)
-        if len(li):
-            tid[lf] = tid_v
-            t[lf] = sec_v * 1_000_000_000 + frac_ns
-    typed, need = _typed_fast(buf, spc, ks[fi], ke[fi], e[fi], codes[fi], names.dictionary.to_pylist())
+    tid, t = tid_all[fi], t_all[fi]
+    typed = {c: (cols[j][fi].view(np.uint64) if c in POINTER_COLUMNS else cols[j][fi], nulls[j][fi].view(bool))
+             for j, c in enumerate(_COLS)}
+    need = np.zeros(nfast, dtype=bool)
     core = {
         "pos": lineno[fi], "time_ns": pd.arrays.IntegerArray(t, tmask.copy()),
         "tid": pd.arrays.IntegerArray(tid, tmask.copy()), "event": ev_name, "args": args,
         "typed": typed, "need": need,
     }
-    styles = {"tid@sec.usec": int(len(li)), "bare": int(nfast - len(li))}
+    nleg = int(np.count_nonzero(lf))
+    styles = {"tid@sec.usec": nleg, "bare": nfast - nleg}
 
     # slow path: other prefix styles, and lines that are no trace events
     si = np.flatnonzero(~fast)
@@ -728,37 +699,6 @@ def _parse_block(data: bytes | memoryview, file: str, line0: int,
     return _build_events(core, file), rej, n, styles
 
 
-_SCAN = 1 << 18
-
-
-def _byte_positions(buf: np.ndarray, chars: tuple[int, ...]) -> np.ndarray:
-    """Sorted positions of the bytes in ``chars``, scanned in cache-sized slices (no buffer-sized masks)."""
-    hit = np.empty(min(len(buf), _SCAN), dtype=bool)
-    tmp = np.empty_like(hit)
-    small = np.int32 if len(buf) < 2**31 else np.int64  # half the memory for the usual blocks
-    parts = []
-    for off in range(0, len(buf), _SCAN):
-        b = buf[off:off + _SCAN]
-        h, t = hit[:len(b)], tmp[:len(b)]
-        np.equal(b, chars[0], out=h)
-        for ch in chars[1:]:
-            h |= np.equal(b, ch, out=t)
-        p = np.flatnonzero(h).astype(small)
-        p += off
-        parts.append(p)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=small)
-
-
-def _first_at_or_after_pos(pos: np.ndarray, start: np.ndarray, limit: np.ndarray) -> np.ndarray:
-    """Per line, the first of the sorted positions ``pos`` that is >= start, or ``limit`` when none is before it."""
-    if not len(pos):
-        return limit.copy()
-    i = np.searchsorted(pos, start)
-    cand = pos[np.minimum(i, len(pos) - 1)]
-    ok = (i < len(pos)) & (cand < limit)
-    return np.where(ok, cand, limit)
-
-
 def _gather(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> pa.StringArray:
     """An Arrow string array of the byte ranges buf[a_i:b_i] (disjoint, increasing), copied contiguously."""
     n = len(a)
@@ -774,265 +714,6 @@ def _gather(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> pa.StringArray:
     keep[0::2] = True
     out = whole.filter(pa.array(keep))
     return pc.cast(out, pa.string()) if big else out
-
-
-def _words(buf: np.ndarray) -> np.ndarray:
-    """The unaligned little-endian uint64 at every byte offset of ``buf`` (a view: word i = buf[i:i + 8])."""
-    if len(buf) < 8:
-        return np.zeros(0, dtype=np.uint64)
-    return np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
-
-
-_ZEROS8 = np.uint64(0x3030303030303030)
-_HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
-_SIX8 = np.uint64(0x0606060606060606)
-
-
-def _words_at(buf: np.ndarray, words: np.ndarray, src: np.ndarray) -> np.ndarray:
-    """The 8 bytes buf[src_i:src_i+8] of each start as a little-endian uint64 (``words[k]`` = the word at byte
-    k); a start before the buffer (a run at its very beginning) is read byte by byte, '0'-padded on the left."""
-    inside = (src >= 0) & (src < len(words))
-    if inside.all():
-        return words[src]
-    w = np.zeros(len(src), dtype=np.uint64)
-    ii = np.flatnonzero(inside)
-    w[ii] = words[src[ii]]
-    for i in np.flatnonzero(~inside):  # at most one per block: the run at the buffer's start
-        e = int(src[i]) + 8
-        w[i] = np.uint64(int.from_bytes(bytes(buf[max(e - 8, 0):e]).rjust(8, b"0"), "little"))
-    return w
-
-
-def _digits8(buf: np.ndarray, words: np.ndarray, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """buf[b_i - L_i:b_i] (1 <= L_i <= 8 ASCII digits) as int64, and which ones are all digits."""
-    w = _words_at(buf, words, b - 8)
-    sh = ((8 - L) * 8).astype(np.uint64)  # L >= 1: sh <= 56
-    w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))  # the run, '0'-padded on the left
-    ok = ((w & _HI4) == _ZEROS8) & (((w + _SIX8) & _HI4) == _ZEROS8)
-    v = w - _ZEROS8
-    v = ((v * np.uint64(10)) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-    v = ((v * np.uint64(100)) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-    v = ((v * np.uint64(10000)) + (v >> np.uint64(32))) & np.uint64(0x00000000FFFFFFFF)
-    return v.view(np.int64), ok
-
-
-def _prefix_runs(buf: np.ndarray, words: np.ndarray, a: np.ndarray, m: np.ndarray, d: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``TID@SEC`` at buf[a_i:d_i] ('@' at m_i): tid, sec and validity, as _digits (18 and 10 digits) gives them.
-
-    Consecutive lines mostly repeat the same bytes (same thread, same second): they are parsed once per run.
-    """
-    n = len(a)
-    nw = len(words)
-    L = d - a
-    same = np.zeros(n, dtype=bool)
-    if n > 1 and nw:
-        inb = (L <= 24) & (a + 8 < nw) & (d - 8 >= 0)
-        k1 = words[np.minimum(a, nw - 1)]
-        k2 = words[np.minimum(a + 8, nw - 1)]
-        k3 = words[np.clip(d - 8, 0, nw - 1)]
-        same[1:] = (inb[1:] & inb[:-1] & (L[1:] == L[:-1]) & (k1[1:] == k1[:-1]) & (k2[1:] == k2[:-1])
-                    & (k3[1:] == k3[:-1]))
-    chg = np.flatnonzero(~same)
-    tid_c, ok1 = _digits(buf, a[chg], m[chg], 18, words)
-    sec_c, ok2 = _digits(buf, m[chg] + 1, d[chg], 10, words)  # more: the regex path rejects it
-    if len(chg) == n:
-        return tid_c, sec_c, ok1 & ok2
-    idx = np.cumsum(~same) - 1
-    return tid_c[idx], sec_c[idx], (ok1 & ok2)[idx]
-
-
-def _digits(buf: np.ndarray, a: np.ndarray, b: np.ndarray, maxlen: int,
-            words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal digit runs buf[a_i:b_i] as int64 (1..maxlen ASCII digits), and which ones are that."""
-    if words is None:
-        words = _words(buf)
-    L = b - a
-    ok = (L >= 1) & (maxlen >= L)
-    Lc = np.where(ok, L, 1)
-    val, good = _digits8(buf, words, np.where(ok, b, np.minimum(a + 1, len(buf))), np.minimum(Lc, 8))
-    if maxlen > 8:
-        long_ = np.flatnonzero(Lc > 8)
-        if len(long_):
-            bl, Ll = b[long_] - 8, Lc[long_] - 8
-            v2, g2 = _digits8(buf, words, bl, np.minimum(Ll, 8))
-            x = np.flatnonzero(Ll > 8)
-            if len(x):
-                v3, g3 = _digits8(buf, words, bl[x] - 8, Ll[x] - 8)
-                v2[x] += v3 * 100_000_000
-                g2[x] &= g3
-            val[long_] += v2 * 100_000_000
-            good[long_] &= g2
-    return val, ok & good
-
-
-_KEY_FIRST = np.zeros(256, dtype=bool)  # a value token starts with one of these, a key never does
-for _c in b"0123456789-(":
-    _KEY_FIRST[_c] = True
-
-
-def _typed_fast(buf: np.ndarray, spc: np.ndarray, ks: np.ndarray, ke: np.ndarray, e: np.ndarray, codes: np.ndarray,
-                names: list[str]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """Typed columns of event lines with the argument layout of the first line of the same event name.
-
-    QEMU writes one event always with the same format, so its keys sit at the same token positions. A line is
-    taken when it has as many tokens, the same literal tokens (keys and other words) byte for byte, and a
-    number-like token (digit, '-' or '(' first) wherever the first line has one; then the general rule (first
-    occurrence of a key, value = next token) gives the same columns. Returns (columns, rows left to the general
-    path).
-    """
-    k = len(ks)
-    cols = list(dict.fromkeys(ARG_COLUMNS.values()))
-    out = {c: (np.zeros(k, np.uint64 if c in POINTER_COLUMNS else np.int64), np.ones(k, bool)) for c in cols}
-    need = np.ones(k, dtype=bool)
-    if k == 0:
-        return out, need
-    nsp = ke - ks
-    by = np.argsort(codes, kind="stable")
-    cnt = np.bincount(codes, minlength=len(names))
-    bounds = np.zeros(len(cnt) + 1, dtype=np.int64)
-    np.cumsum(cnt, out=bounds[1:])
-    words = _words(buf)
-    for c in range(len(cnt)):
-        rows = by[bounds[c]:bounds[c + 1]]
-        if not len(rows):
-            continue
-        r0 = int(rows[0])
-        ntok = int(nsp[r0])
-        if ntok == 0:  # no arguments: nothing typed
-            need[rows] = False
-            continue
-        rows = rows[nsp[rows] == ntok]
-        kk = ks[rows]
-        # token t of each row: [spc[ks + t] + 1, spc[ks + t + 1]) (the last one ends at the line end)
-        tst = [spc[kk + t] + 1 for t in range(ntok)]
-        ten = [tst[t + 1] - 1 for t in range(ntok - 1)] + [e[rows]]  # the next space, or the line end
-        toks = [bytes(buf[tst[t][0]:ten[t][0]]) for t in range(ntok)]
-        numlike = [len(x) > 0 and x[0] in b"0123456789-(" for x in toks]
-        ok = np.ones(len(rows), dtype=bool)
-        for t, x in enumerate(toks):
-            if numlike[t]:
-                ok &= _KEY_FIRST[buf[tst[t]]] & (ten[t] > tst[t])
-            else:  # the word and the byte after it (space or newline: the token ends there)
-                ok &= _match_literal(buf, words, tst[t], x + (b" " if t + 1 < ntok else b"\n"))
-        rows = rows[ok]
-        if not len(rows):
-            continue
-        need[rows] = False
-        # the general rule on the first line: first occurrence of each column's keys, not the last token
-        seen: set[str] = set()
-        for t, x in enumerate(toks[:-1]):
-            col = ARG_COLUMNS.get(x.decode("utf-8", "replace")) if not numlike[t] else None
-            if col is None or col in seen:
-                continue
-            seen.add(col)
-            d, msk = out[col]
-            if not numlike[t + 1]:  # a constant word: as the general path reads it
-                v, valid = parse_ints(pa.array([toks[t + 1].decode("utf-8", "replace")]), unsigned=True)
-                d[rows] = v[0] if col in POINTER_COLUMNS else np.uint64(v[0]).view(np.int64)
-                msk[rows] = not valid[0]
-                continue
-            v, valid = _parse_tokens(buf, tst[t + 1][ok], ten[t + 1][ok], words)
-            d[rows] = v if col in POINTER_COLUMNS else v.view(np.int64)
-            msk[rows] = ~valid
-    return out, need
-
-
-def _match_literal(buf: np.ndarray, words: np.ndarray, pos: np.ndarray, x: bytes) -> np.ndarray:
-    """Whether buf[pos_i:pos_i + len(x)] == x, compared 8 bytes at a time (``pos`` ascending)."""
-    ok = np.ones(len(pos), dtype=bool)
-    nw = len(words)
-    for m in range(0, len(x), 8):
-        part = x[m:m + 8]
-        p = pos + m
-        if not nw:
-            tail = np.arange(len(pos))
-        elif len(p) and p[-1] >= nw:
-            ok &= (words[np.minimum(p, nw - 1)] & np.uint64((1 << (8 * len(part))) - 1)) == np.uint64(
-                int.from_bytes(part, "little"))
-            tail = np.flatnonzero(p >= nw)
-        else:
-            w = words[p]
-            if len(part) < 8:
-                w &= np.uint64((1 << (8 * len(part))) - 1)
-            ok &= w == np.uint64(int.from_bytes(part, "little"))
-            continue
-        for i in tail:  # the last 7 bytes of the buffer: byte by byte
-            ok[i] = bytes(buf[int(p[i]):int(p[i]) + len(part)]) == part
-    return ok
-
-
-def _hex_fast(buf: np.ndarray, words: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hex digit runs buf[a_i:b_i] (1..16 digits, any case) as uint64, and which ones are all hex digits."""
-    n = len(a)
-    D = b - a
-    out = np.zeros(n, dtype=np.uint64)
-    good = np.ones(n, dtype=bool)
-    for lo, src in ((0, b - 8), (8, b - 16)):
-        k = np.clip(D - lo, 0, 8)  # digits in this 8-byte word
-        sel = np.flatnonzero(k > 0) if lo else None
-        if sel is not None:
-            if not len(sel):
-                break
-            src, k = src[sel], k[sel]
-        w = _words_at(buf, words, src)
-        sh = ((8 - k) * 8).astype(np.uint64)  # k >= 1: keep the top k bytes, '0' before them
-        w = ((w >> sh) << sh) | (_ZEROS8 & ~(np.uint64(0xFFFFFFFFFFFFFFFF) << sh))
-        x = _LUT[w.view(np.uint8)].view(np.uint64)  # nibble per byte, 0xFF for a non-hex byte
-        g = (x & _HI4) == 0
-        x = ((x << np.uint64(4)) | (x >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-        x = ((x << np.uint64(8)) | (x >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-        v = ((x << np.uint64(16)) | (x >> np.uint64(32))) & np.uint64(0x00000000FFFFFFFF)
-        if sel is None:
-            out, good = v, g
-        else:
-            out[sel] |= v << np.uint64(32)
-            good[sel] &= g
-    return out, good
-
-
-def _parse_tokens(buf: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """parse_ints(unsigned=True) of the tokens buf[a_i:b_i]: Arrow's cast for the plain forms, else the general."""
-    if words is None:
-        words = _words(buf)
-    n = len(a)
-    out = np.zeros(n, dtype=np.uint64)
-    valid = np.zeros(n, dtype=bool)
-    L = b - a
-    c0 = buf[a]
-    c1 = buf[np.minimum(a + 1, len(buf) - 1)]
-    hexf = (c0 == 48) & (c1 == 120) & (L >= 3) & (L <= 18)
-    decf = (((c0 >= 48) & (c0 <= 57)) | ((c0 == 45) & (L >= 2))) & (c1 != 120) & (c1 != 88) & (L <= 18)
-    other = ~(hexf | decf)
-    for sel_mask, typ in ((hexf, pa.uint64()), (decf, pa.int64())):
-        sel = np.flatnonzero(sel_mask)
-        if not len(sel):
-            continue
-        # all plain (the usual case): the same values as Arrow's cast, without building strings
-        if typ == pa.uint64():
-            v, g = _hex_fast(buf, words, a[sel] + 2, b[sel])
-        else:
-            neg = buf[a[sel]] == 45
-            v, g = _digits(buf, a[sel] + neg, b[sel], 18, words)
-            v = np.where(neg, -v, v).astype(np.uint64)
-        if g.all():
-            out[sel] = v
-            valid[sel] = True
-            continue
-        tok = _gather(buf, a[sel], b[sel])
-        try:
-            v = pc.cast(tok, typ).to_numpy(zero_copy_only=False)
-            out[sel] = v.astype(np.uint64) if typ == pa.int64() else v
-            valid[sel] = True
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            other |= sel_mask
-    sel = np.flatnonzero(other)
-    if len(sel):
-        v, ok = parse_ints(_gather(buf, a[sel], b[sel]), unsigned=True)
-        out[sel] = v
-        valid[sel] = ok
-    return out, valid
 
 
 def _parse_slow(lines: pa.Array, lineno: np.ndarray, file: str) -> tuple[dict, pd.DataFrame, dict[str, int]]:
