@@ -228,8 +228,8 @@ def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str],
             decl = [te.Arg("uint64_t", f"arg{j}") for j in range(int(nmax[gi]))]
         gdecls.append(decl)
     lay = _Layout(ev_names, gdecls, args_text)
-    cols = memory.empty(len(_TYPED) * k, np.int64, populate=True).reshape(len(_TYPED), k)
-    nulls = memory.empty(len(_TYPED) * k, np.uint8, populate=True).reshape(len(_TYPED), k)
+    cols = memory.empty(len(_TYPED) * k, np.int64).reshape(len(_TYPED), k)
+    nulls = memory.empty(len(_TYPED) * k, np.uint8).reshape(len(_TYPED), k)
     cuts = [0, k // 2, k] if threads > 1 and k > 1 else [0, k]
     runs = list(zip(cuts[:-1], cuts[1:], strict=True))
     if len(runs) > 1:
