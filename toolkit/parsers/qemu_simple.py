@@ -7,7 +7,8 @@ Layout (byte order of the writing host; detected from the header magic)::
     event    u64 1, u64 event_id, u64 timestamp_ns, u32 length, u32 pid, args (length - 24 bytes)
 
 Each integer or pointer argument is one u64; a ``char *`` is u32 length + bytes. Argument names and types are not
-in the file: they come from a ``trace-events-all`` of the same build (``trace_events=`` or the usual install path);
+in the file: they come from a ``trace-events-all`` of the same build (``trace_events=``, else one beside the trace
+file, else the usual install path);
 without one every argument is a raw u64 named ``arg0..`` and a note says so. Dropped-event records
 (id 0xfffffffffffffffe, one u64 = events lost) are kept as events named ``dropped`` and counted in meta.
 
@@ -66,10 +67,15 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    paths = list(paths)
+    if trace_events is None and paths:  # the build's declarations kept beside the trace, else the install path
+        here = os.path.dirname(os.path.abspath(paths[0]))
+        beside = [os.path.join(here, "trace-events-all" + z) for z in ("", ".xz", ".gz", ".zst", ".bz2")]
+        trace_events = next((p for p in beside if os.path.isfile(p)), None)
     decls, te_path = te.load(trace_events)
     notes: list[str] = []
     if decls is None:
-        notes.append("no trace-events-all given or found at " + ", ".join(te.DEFAULT_PATHS)
+        notes.append("no trace-events-all given, beside the trace or at " + ", ".join(te.DEFAULT_PATHS)
                       + ": arguments are raw u64 values named arg0, arg1, ... (strings cannot be told apart)")
     evs, rejs = [], []
     nw = workers if workers is not None else min(2, os.cpu_count() or 1)

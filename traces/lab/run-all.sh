@@ -2,7 +2,7 @@
 # Regenerate the bundled sample trace sets (traces/*) on one Linux machine: QEMU under TCG, a loop device,
 # the trace lab's guest kernel + initramfs. Root is required (losetup, tracefs). See README.md beside this file.
 #
-#   traces/lab/run-all.sh [OUTDIR] [SET...]      default OUTDIR ./traces-new, default SET: all 16
+#   traces/lab/run-all.sh [OUTDIR] [SET...]      default OUTDIR ./traces-new, default SET: all 17
 #
 # The recorder is the trace lab (shared/lab: capture.py, analyze.py, build-guest.sh, init, wl.c), which also
 # records the ground truth kept in each set's manifest.json. Point LAB at it (default: ../../../shared/lab
@@ -43,6 +43,17 @@ cap splitbrain-none       splitbrain-none       --seed 7106 --ops 160
 cap migrate-resume-source migrate-resume-source --seed 7107 --ops 240 --sleep-us 25000 --mig-delay 2.0
 cap rawfile-writeback     rawfile-writeback     --seed 7108 --ops 140
 cap raw-writeback         raw-writeback         --seed 7109 --ops 140 --flush-every 5
+# QEMU's simple trace backend (binary): a QEMU built with it first in PATH (build-qemu-simple.sh), the lab's
+# default parameters (--set sample, seed 1); the trace is renamed and its trace-events-all put beside it
+if [ "$WANT" = "  " ] || [[ "$WANT" == *" raw-none-simple "* ]]; then
+  QBIN=$("$HERE"/build-qemu-simple.sh | tail -1)
+  rm -rf "${LAB_CACHE:?}/run/raw-none-simple"
+  PATH="$QBIN:$PATH" python3 "$LAB"/capture.py raw-none-threads "$D/raw-none-simple" --name raw-none-simple
+  mv "$D/raw-none-simple/qemu-vm.log.xz" "$D/raw-none-simple/qemu-vm.trace.xz"
+  xz -9 -c "$(dirname "$QBIN")"/qemu-7.2.0/build/trace/trace-events-all > "$D/raw-none-simple/trace-events-all.xz"
+  sed -i 's|^path = "qemu-vm.log.xz"$|path = "qemu-vm.trace.xz"\nformat = "qemu-simple"|' "$D/raw-none-simple/traceset.toml"
+fi
+# (its manifest.json then says so in qemu_log_format and ground_truth.qemu, edited by hand)
 python3 "$LAB"/analyze.py --index "$D"
 du -sh "$D"
 echo "check them: for s in $D/*/; do writeorder check \$s; done"
