@@ -207,7 +207,8 @@ static PyObject *lines(PyObject *self, PyObject *args) {
                 int64_t scale = 1;
                 for (int64_t k = co - dot - 1; k < 9; k++)
                     scale *= 10;
-                t = sec * 1000000000LL + usec * scale;
+                /* wraps like numpy's int64 for a 10-digit second count beyond 2**63 ns (no UB: unsigned) */
+                t = (int64_t)((uint64_t)sec * 1000000000ULL + (uint64_t)usec * (uint64_t)scale);
             }
         }
         s_[n] = s, e_[n] = e, ev_[n] = evs, sp_[n] = sp, fast_[n] = fast, leg_[n] = legacy && fast;

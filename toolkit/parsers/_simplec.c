@@ -150,12 +150,13 @@ static PyObject *fill(PyObject *self, PyObject *args) {
     int64_t i_err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r = 0; r < nr && !err; r++) {
-        int64_t i = lo + r, p = S[i], q = p + 32, end = p + 8 + N[i];
+        int64_t i = lo + r, p = S[i], n_i = N[i];
         int32_t g = code[i];
-        if (g < 0 || g >= ng || p < 0 || end > L || glo_[g] < 0 || glo_[g + 1] > na) {
+        if (g < 0 || g >= ng || p < 0 || p > L || n_i < 24 || n_i > L - p - 8 || glo_[g] < 0 || glo_[g + 1] > na) {
             err = "record or group out of range", i_err = i;
             break;
         }
+        int64_t q = p + 32, end = p + 8 + n_i;
         int write = gtext[g], broken = 0;
         TO[r] = t, SO[r] = s, TV[r] = write, SV[r] = 0, HI[r] = 0;
         for (int64_t c = 0; c < ncol; c++)
