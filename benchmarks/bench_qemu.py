@@ -5,8 +5,9 @@
     python benchmarks/bench_qemu.py --simpletrace DIR   # folder with QEMU's simpletrace.py + tracetool/
     python benchmarks/bench_qemu.py --repeat 7          # runs of each reader (median; default 5)
 
-CPU seconds are the reader's process plus its worker processes (a big uncompressed input is read by two
-processes when a core is idle; ``--workers 1`` / ``--workers 2`` force one / two). ``--only log|simple`` runs one half.
+CPU seconds are the reader's process plus its worker processes: a big uncompressed log is read by two processes
+when a core is idle, a big simple-backend file decoded on two threads; ``--workers 1`` / ``--workers 2`` force one
+/ two. ``--only log|simple`` runs one half. Both readers' per-record loops are C extensions built by the install.
 
 Log backend: the real logs of traces/ (timestamped ones), copied with every copy shifted in time, parsed by
 ``toolkit.parsers.qemu_log`` in a fresh subprocess: lines/s and peak RSS (ru_maxrss). Simple backend: the real
