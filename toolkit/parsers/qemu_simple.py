@@ -22,7 +22,6 @@ records, bytes that are no record and cut records are handled here, one by one.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -85,11 +84,12 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
         name = fileio.display_name(path, base)
         if fileio.compression(path) is None:
             with open(path, "rb") as f:
-                _check_header(f.read(24), name)  # garbage is refused before it is mapped
-                # mapped, not copied: the page cache is read in place (MAP_POPULATE: mapped in one go)
-                size = os.fstat(f.fileno()).st_size
-                data = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
-                                 prot=mmap.PROT_READ) if size else b""
+                _check_header(f.read(24), name)  # garbage is refused before it is read
+                # read, not mapped: a file cut while it is read ends in a cut record, not in SIGBUS (mapping it
+                # saved 0.03 s of 0.33 on 2 M records)
+                f.seek(0)
+                buf = memory.empty(os.fstat(f.fileno()).st_size, np.uint8)
+                data = memoryview(buf)[:f.readinto(memoryview(buf))].toreadonly()
             cut = False
         else:
             data, cut = fileio.read_bytes(path)
