@@ -194,6 +194,53 @@ def test_traceset_written_loads(tmp_path):
     assert [(c.a, c.b, c.a_ns, c.b_ns) for c in ts.clocks] == [("host:monotonic", "host:realtime", 5, 10)]
 
 
+def test_simple_backend_trace_found_copied_whole_and_declared(tmp_path, monkeypatch):
+    """A QEMU with the simple trace backend: its binary file (-trace file=, else trace-PID in its working
+    directory) is found by its header, copied whole (header and event names first, whatever the offset at the
+    start of the capture) with the trace-events-all of that QEMU beside it, and declared as qemu-simple."""
+    from toolkit.parsers import qemu_simple
+
+    names = {3: "virtio_blk_handle_write"}
+    recs = [(3, 1000 + i, 42, [0x1, 0x2 + i, 8 * i, 8]) for i in range(50)]
+    simple = tmp_path / "qemu.trace"
+    qemu_simple.write(simple, names, recs)
+    text = tmp_path / "qemu.log"
+    text.write_text("100@1795646801.013374:virtio_blk_handle_write vdev 0x1 req 0x2 sector 8 nsectors 8\n")
+    cmd = CQ.QemuCmdline([])
+    cmd.trace_file = str(simple)
+    d = CQ.log_destination(os.getpid(), cmd)
+    assert d.simple and d.path == str(simple) and d.readable and "simple-backend" in d.description
+    cmd.trace_file = str(text)  # 7.2's log backend writes its lines to -trace file= too
+    assert not CQ.log_destination(os.getpid(), cmd).simple
+    monkeypatch.chdir(tmp_path)  # no -trace file=: the simple backend writes trace-PID in QEMU's working directory
+    shutil.copyfile(simple, tmp_path / f"trace-{os.getpid()}")
+    d2 = CQ.log_destination(os.getpid(), CQ.QemuCmdline([]))
+    assert d2.simple and d2.path == str(tmp_path / f"trace-{os.getpid()}")
+
+    te_all = tmp_path / "te"
+    te_all.write_text("virtio_blk_handle_write(void *vdev, void *req, uint64_t sector, size_t nsectors) \"x\"\n")
+    out = tmp_path / "cap"
+    out.mkdir()
+    t = capture.Target(role="single", pid=None, cmd=None, log=d, log_start=simple.stat().st_size // 2,
+                       trace_events=str(te_all))
+    assert capture._copy_logs([t], out) == {"single": "qemu-vm.trace"}
+    assert (out / "qemu-vm.trace").read_bytes() == simple.read_bytes()
+    assert (out / "trace-events-all").read_text() == te_all.read_text()
+    r = qemu_simple.parse(out / "qemu-vm.trace")  # finds the declarations beside it
+    assert r.meta["trace_events"] == str(out / "trace-events-all")
+    assert r.events["sector"].tolist() == [8 * i for i in range(50)] and len(r.rejects) == 0
+
+    (tmp_path / "x").mkdir()
+    info = json.loads((_fake_capture(tmp_path / "x").joinpath("capture.json")).read_text())
+    info["qemu"][0]["log_file"] = "qemu-vm.trace"
+    (out / "host.blktrace.0").write_bytes(b"")
+    (out / "host-threads.tsv").write_text("tid\tpid\trole\n100\t100\tsingle\n")
+    capture.write_traceset(out, info)
+    (q,) = traceset.load(out).traces_of("qemu")
+    assert q.format == "qemu-simple" and q.path == "qemu-vm.trace*"
+    assert "simple trace backend" in (out / "traceset.toml").read_text()
+
+
 def test_guest_import_adds_trace_and_device(tmp_path):
     out = _fake_capture(tmp_path)
     g = tmp_path / "g"

@@ -135,6 +135,7 @@ class Target:
     guest: str = "vm"
     log: CQ.LogDest | None = None
     log_start: int = 0
+    trace_events: str | None = None  # simple backend: the trace-events-all of this QEMU (found while it runs)
     events_on: list[str] = field(default_factory=list)
     events_restore: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -241,6 +242,8 @@ def find_targets(a, transcript) -> list[Target]:
                     d.aio = c.aio or d.aio
         if t.log is None and t.pid:
             t.log = CQ.log_destination(t.pid, t.cmd or CQ.QemuCmdline([]))
+        if t.log and t.log.simple and t.pid:
+            t.trace_events = CQ.trace_events_file(t.pid)
     # migration on one host: both processes run the same guest
     if len(targets) > 1:
         for t in targets[1:]:
@@ -429,11 +432,14 @@ def _events_on(t: Target, events: list[str], a, info: dict) -> None:
     log(f"[{t.role}] QEMU {t.version} pid {t.pid}: {len(on)} trace events on")
     if t.log:
         log(f"[{t.role}] QEMU writes the trace lines to {t.log.description}"
-            + ("; writeorder copies the lines of this capture" if t.log.readable else ""))
-    if not (t.cmd and t.cmd.msg_timestamp):
+            + ("; writeorder copies the lines of this capture" if t.log.readable and not t.log.simple else "")
+            + ("; writeorder copies it whole at the end (records carry host CLOCK_MONOTONIC times)"
+               if t.log.simple else ""))
+    simple = bool(t.log and t.log.simple)  # the simple backend stamps every record itself
+    if not simple and not (t.cmd and t.cmd.msg_timestamp):
         log(f"[{t.role}] WARNING: QEMU was not started with -msg timestamp=on: its trace lines carry no time and no "
             "thread id (QEMU 7.x-10.0), so they can be aligned with the host trace only by content")
-    else:
+    elif not simple:
         log(f"[{t.role}] -msg timestamp=on: trace lines carry host wall-clock times")
     if "trace:" not in " ".join(t.cmd.argv if t.cmd else []) and t.version and t.version < "4":
         t.notes.append("QEMU older than 4.0: the log backend prints pids, not thread ids")
@@ -445,14 +451,18 @@ def _events_off(t: Target, a) -> None:
     try:
         if t.events_restore and not a.leave_events_on:
             CQ.disable_events(t.qmp, t.events_restore)
+        if t.log and t.log.simple:  # the simple backend writes its buffer when half full: have it written now
+            t.qmp.cmd("human-monitor-command", {"command-line": "trace-file flush"})
     except (CaptureError, OSError, ValueError) as e:
-        t.notes.append(f"could not turn the events off again: {e}")
+        t.notes.append(f"could not turn the events off again or flush the trace buffer: {e}")
     finally:
         t.qmp.close()
 
 
 def _copy_logs(targets: list[Target], out: Path) -> dict[str, str]:
-    """The lines each QEMU wrote to its log file during the capture -> ``qemu-<role>.log``."""
+    """The lines each QEMU wrote to its log file during the capture -> ``qemu-<role>.log``; a simple-backend
+    trace is copied whole (its header and event names come first) -> ``qemu-<role>.trace``, with the
+    ``trace-events-all`` of that QEMU beside it when one is found."""
     done = {}
     for t in targets:
         if not (t.log and t.log.readable and t.log.path):
@@ -460,12 +470,21 @@ def _copy_logs(targets: list[Target], out: Path) -> dict[str, str]:
                 log(f"[{t.role}] the QEMU trace lines went to {t.log.description}; copy that part of it next to "
                     "traceset.toml as qemu-{role}.log and add a [[trace]] with layer = \"qemu\"")
             continue
-        name = f"qemu-{t.role if len(targets) > 1 else (t.guest if t.guest.replace('-', '').isalnum() else 'vm')}.log"
+        stem = f"qemu-{t.role if len(targets) > 1 else (t.guest if t.guest.replace('-', '').isalnum() else 'vm')}"
+        name = stem + (".trace" if t.log.simple else ".log")
         with open(t.log.path, "rb") as src, open(out / name, "wb") as dst:
             size = os.fstat(src.fileno()).st_size
-            start = t.log_start if t.log_start <= size else 0  # truncated or rotated meanwhile: take it all
+            start = t.log_start if t.log_start <= size and not t.log.simple else 0  # cut or rotated: take it all
             src.seek(start)
             shutil.copyfileobj(src, dst)
+        if t.log.simple:
+            te = t.trace_events
+            if te and not (out / "trace-events-all").exists():
+                shutil.copyfile(te, out / "trace-events-all")
+                log(f"[{t.role}] its event declarations: {te} -> trace-events-all")
+            elif not te:
+                log(f"[{t.role}] no trace-events-all found for this QEMU: copy the one of its build next to "
+                    f"{name} (without it the arguments are raw numbers)")
         done[t.role] = name
     return done
 
@@ -523,14 +542,17 @@ def write_traceset(out: Path, info: dict) -> Path:
           'format = "blktrace"']
     for q in info["qemu"]:
         if q.get("log_file"):
-            L += ["", f"# QEMU {q.get('version') or ''} pid {q['pid']}; -msg timestamp="
-                  f"{'on' if q['msg_timestamp'] else 'off (lines have no time and no thread id)'}; "
-                  f"log: {q['log_destination']}",
+            L += ["", f"# QEMU {q.get('version') or ''} pid {q['pid']}; "
+                  + ("simple trace backend (binary, host CLOCK_MONOTONIC ns)" if q["log_file"].endswith(".trace")
+                     else "-msg timestamp=" + ("on" if q["msg_timestamp"] else "off (lines have no time and no thread id)"))
+                  + f"; log: {q['log_destination']}",
                   "[[trace]]", 'node = "host"', 'layer = "qemu"', f"role = {_q(q['role'])}", f"guest = {_q(q['guest'])}"]
             if q.get("pid"):
                 L.append(f"pid = {int(q['pid'])}")
             # the glob also matches the log once compressed (xz/zstd/gzip: read transparently)
             L += [f"threads = {_q(info['threads_file'])}", f"path = {_q(q['log_file'] + '*')}"]
+            if q["log_file"].endswith(".trace"):  # simple backend: binary, host CLOCK_MONOTONIC ns
+                L.append('format = "qemu-simple"')
         else:
             L += ["", f"# QEMU pid {q['pid']} ({q['role']}): its trace lines went to {q.get('log_destination')};",
                   "# copy them here and add: [[trace]] node = \"host\" layer = \"qemu\" "

@@ -416,16 +416,49 @@ class LogDest:
     path: str | None       # a file we can read (the -D file, or stderr when it is a regular file)
     description: str       # what to tell the user
     readable: bool
+    simple: bool = False   # QEMU's simple backend: a binary file, copied whole (header and event names first)
+
+
+#: the first 16 bytes of a simple-backend trace file, in either byte order (docs/formats.md 4.4)
+SIMPLE_HEADERS = tuple(struct.pack(o + "QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4) for o in "<>")
+
+
+def is_simple_trace(path: str) -> bool:
+    """Whether ``path`` is a file QEMU's simple trace backend writes (by its header)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) in SIMPLE_HEADERS
+    except OSError:
+        return False
+
+
+def trace_events_file(pid: int) -> str | None:
+    """The ``trace-events-all`` of the QEMU binary running as ``pid`` (what decodes its simple-backend trace):
+    beside its install (``../share/qemu``), in its build tree, or at the usual install paths."""
+    exe = None
+    with contextlib.suppress(OSError):
+        exe = os.path.realpath(f"/proc/{pid}/exe")
+    cands = []
+    if exe:
+        d = os.path.dirname(exe)
+        cands += [os.path.join(d, "..", "share", "qemu", "trace-events-all"), os.path.join(d, "trace", "trace-events-all")]
+    cands += ["/usr/share/qemu/trace-events-all", "/usr/local/share/qemu/trace-events-all"]
+    return next((os.path.normpath(c) for c in cands if os.path.isfile(c)), None)
 
 
 def log_destination(pid: int, cmd: QemuCmdline) -> LogDest:
-    """Where QEMU's log backend writes its trace lines (QMP cannot change it)."""
+    """Where QEMU writes its trace: the simple backend's binary file (``-trace file=``, else ``trace-PID`` in its
+    working directory), or the log backend's lines (``-D``, 7.2's ``-trace file=``, stderr). QMP cannot change it."""
     cwd = None
     with contextlib.suppress(OSError):
         cwd = os.readlink(f"/proc/{pid}/cwd")
 
     def absolute(p: str) -> str:
         return p if os.path.isabs(p) or not cwd else os.path.join(cwd, p)
+
+    for p in ([absolute(cmd.trace_file)] if cmd.trace_file else []) + ([os.path.join(cwd, f"trace-{pid}")] if cwd else []):
+        if is_simple_trace(p):
+            return LogDest(p, f"the simple-backend trace file {p} (binary)", True, simple=True)
 
     if cmd.log_file:
         p = absolute(cmd.log_file)

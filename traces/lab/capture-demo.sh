@@ -7,6 +7,8 @@
 #
 # Needs root, qemu-system-x86_64, and $LAB_CACHE/{vmlinuz,initramfs.gz} (shared/lab/build-guest.sh).
 # WO: how to run writeorder (default: `writeorder`, or the project's venv if present).
+# QEMU_TRACE=simple: the qemu-system-x86_64 first in PATH has the simple trace backend (build-qemu-simple.sh);
+# its binary trace goes to -trace file= instead of the log backend's -D file.
 set -euo pipefail
 OUT=${1:?usage: capture-demo.sh OUTDIR [CACHE] [SEED] [OPS]}
 CACHE=${2:-none}; SEED=${3:-7201}; OPS=${4:-120}
@@ -33,7 +35,8 @@ qemu-system-x86_64 -name guest=vm,process=qemu-vm -machine pc -accel tcg -m 256 
   -append "console=ttyS0 quiet lab.mode=raw lab.args=$SEED,$OPS,64,64,5,20,5,5,10000 lab.tag=demo lab.bt=1 lab.presleep=3" \
   -drive "file=$LOOP,format=raw,if=none,id=vda0,cache=$CACHE,aio=threads" -device virtio-blk-pci,drive=vda0,id=vblk0 \
   -virtfs "local,path=$W/out,mount_tag=out,security_model=none,id=fs0" \
-  -qmp "unix:$W/qmp.sock,server=on,wait=off" -msg timestamp=on -D "$W/qemu.log" &
+  -qmp "unix:$W/qmp.sock,server=on,wait=off" -msg timestamp=on \
+  $([ "${QEMU_TRACE:-log}" = simple ] && echo "-trace file=$W/qemu.trace" || echo "-D $W/qemu.log") &
 QPID=$!
 for _ in $(seq 100); do [ -S "$W/qmp.sock" ] && break; sleep 0.1; done
 # host side: until the guest powers off (or 120 s); the guest's /init records its own blktrace meanwhile
