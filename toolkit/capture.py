@@ -448,6 +448,9 @@ def _events_on(t: Target, events: list[str], a, info: dict) -> None:
 def _events_off(t: Target, a) -> None:
     if t.qmp is None:
         return
+    if t.pid and not os.path.exists(f"/proc/{t.pid}"):  # QEMU has exited: nothing to turn off or flush
+        t.qmp.close()
+        return
     try:
         if t.events_restore and not a.leave_events_on:
             CQ.disable_events(t.qmp, t.events_restore)
