@@ -137,37 +137,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         wk = f", workers={a.workers}" if a.workers else ""
+
+        def measure(key: str, call: str, n: int, unit: str, label: str, **extra) -> dict:
+            """``call`` (a reader's parse) in --repeat fresh processes; prints and records its line in ``res``."""
+            mod = call.split(".")[0]
+            r = run_child(f"from toolkit.parsers import {mod}\nr = {call}\nn = len(r.events)", a.repeat)
+            assert r["rows"] == n
+            res[key] = {unit: n, **extra, **r, f"{unit}_per_s": round(n / r["seconds"])}
+            print(f"{label:<42} {r['seconds']:.2f} s  {n / r['seconds'] / 1e6:.2f} M {unit}/s (cpu {r['cpu_s']:.2f} s,"
+                  f" workers {r['cpu_workers_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB  [{spread(r)}]")
+            return r
+
         if a.only != "simple":
             log = d / "qemu.log"
             n = build_log(log, a.lines)
-            r = run_child(f"from toolkit.parsers import qemu_log\nr = qemu_log.parse({str(log)!r}{wk})\n"
-                          "n = len(r.events)", a.repeat)
-            assert r["rows"] == n
-            res["qemu_log"] = {"lines": n, "MB": round(log.stat().st_size / 2**20, 1), **r,
-                               "lines_per_s": round(n / r["seconds"])}
-            print(f"qemu_log     {n:>9} lines {res['qemu_log']['MB']:>7} MB  {r['seconds']:.2f} s  "
-                  f"{n / r['seconds'] / 1e6:.2f} M lines/s (cpu {r['cpu_s']:.2f} s: {n / r['cpu_s'] / 1e6:.2f} M/s,"
-                  f" workers {r['cpu_workers_s']:.2f} s)  peak {r['maxrss_mb']:.0f} MB  [{spread(r)}]")
+            mb = round(log.stat().st_size / 2**20, 1)
+            measure("qemu_log", f"qemu_log.parse({str(log)!r}{wk})", n, "lines",
+                    f"qemu_log     {n:>9} lines {mb:>7} MB", MB=mb)
             log.unlink()
         if a.only == "log":
             print(json.dumps(res))
             return
         st, tef = d / "trace-1", d / "trace-events-all"
         n = build_simple(st, tef, a.records)
-        r = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                      f"trace_events={str(tef)!r}{wk})\nn = len(r.events)", a.repeat)
-        assert r["rows"] == n
-        res["qemu_simple"] = {"records": n, "MB": round(st.stat().st_size / 2**20, 1), **r,
-                              "records_per_s": round(n / r["seconds"])}
-        print(f"qemu_simple  {n:>9} recs  {res['qemu_simple']['MB']:>7} MB  {r['seconds']:.2f} s  "
-              f"{n / r['seconds'] / 1e6:.2f} M records/s (cpu {r['cpu_s']:.2f} s, workers {r['cpu_workers_s']:.2f} s)"
-              f"  peak {r['maxrss_mb']:.0f} MB  [{spread(r)}]")
-        r2 = run_child(f"from toolkit.parsers import qemu_simple\nr = qemu_simple.parse({str(st)!r}, "
-                       f"trace_events={str(tef)!r}, args_text=False{wk})\nn = len(r.events)", a.repeat)
-        res["qemu_simple_no_text"] = {**r2, "records_per_s": round(n / r2["seconds"])}
-        print(f"  (args_text=False)                        {r2['seconds']:.2f} s  "
-              f"{n / r2['seconds'] / 1e6:.2f} M records/s (cpu {r2['cpu_s']:.2f} s, workers "
-              f"{r2['cpu_workers_s']:.2f} s)  peak {r2['maxrss_mb']:.0f} MB  [{spread(r2)}]")
+        mb = round(st.stat().st_size / 2**20, 1)
+        call = f"qemu_simple.parse({str(st)!r}, trace_events={str(tef)!r}{wk}"
+        r = measure("qemu_simple", call + ")", n, "records", f"qemu_simple  {n:>9} recs  {mb:>7} MB", MB=mb)
+        r2 = measure("qemu_simple_no_text", call + ", args_text=False)", n, "records", "  (args_text=False)")
         script = Path(a.simpletrace) / "simpletrace.py"
         if script.exists() and not a.skip_simpletrace:
             t = time.perf_counter()

@@ -131,6 +131,20 @@ def _simpletrace_dir() -> Path | None:
     return Path(d) if (Path(d) / "simpletrace.py").exists() else None
 
 
+def _both_print(trace: Path, te_all: Path) -> tuple[list[str], list[str]]:
+    """The lines QEMU's simpletrace.py prints for ``trace`` (strings without their bytes repr), and the same
+    lines formatted from our events (name, delta us, pid, args)."""
+    out = subprocess.run([sys.executable, str(_simpletrace_dir() / "simpletrace.py"), str(te_all), str(trace)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = [re.sub(r"=b'([^']*)'", r"=\1", ln) for ln in out]  # simpletrace prints strings as bytes reprs
+    e = qemu_simple.parse(trace, trace_events=te_all).events
+    t = e["time_ns"].to_numpy(np.int64)
+    delta = np.diff(t, prepend=t[0]) / 1000.0
+    mine = [" ".join([n, f"{d:0.3f}", f"pid={p_}"] + ([a] if a else []))
+            for n, d, p_, a in zip(e["event"].astype(str), delta, e["tid"], e["args"], strict=True)]
+    return out, mine
+
+
 @pytest.mark.skipif(_simpletrace_dir() is None, reason="QEMU's scripts/simpletrace.py not available "
                     "(set QEMU_SIMPLETRACE_DIR to a folder with simpletrace.py and tracetool/)")
 def test_cross_check_with_simpletrace(tmp_path, te_file):
@@ -138,15 +152,8 @@ def test_cross_check_with_simpletrace(tmp_path, te_file):
     names, records, rows = simple_records_from_log(src, DECLS)
     p = tmp_path / "trace-1"
     qemu_simple.write(p, names, records)
-    out = subprocess.run([sys.executable, str(_simpletrace_dir() / "simpletrace.py"), str(te_file), str(p)],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    out = [re.sub(r"=b'([^']*)'", r"=\1", ln) for ln in out]  # simpletrace prints strings as bytes reprs
-    e = qemu_simple.parse(p, trace_events=te_file).events
-    assert len(out) == len(e)
-    t = e["time_ns"].to_numpy(np.int64)
-    delta = np.diff(t, prepend=t[0]) / 1000.0
-    mine = [" ".join([n, f"{d:0.3f}", f"pid={p_}"] + ([a] if a else []))
-            for n, d, p_, a in zip(e["event"].astype(str), delta, e["tid"], e["args"], strict=True)]
+    out, mine = _both_print(p, te_file)
+    assert len(out) == len(rows)
     assert mine == out
 
 
@@ -305,15 +312,8 @@ def test_real_recording_cross_checked_with_simpletrace(tmp_path):
     p.write_bytes(lzma.decompress((REAL / "qemu-vm.trace.xz").read_bytes()))
     te_all = tmp_path / "trace-events-all"
     te_all.write_bytes(lzma.decompress((REAL / "trace-events-all.xz").read_bytes()))
-    out = subprocess.run([sys.executable, str(_simpletrace_dir() / "simpletrace.py"), str(te_all), str(p)],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    out = [re.sub(r"=b'([^']*)'", r"=\1", ln) for ln in out]
-    e = qemu_simple.parse(p, trace_events=te_all).events
-    t = e["time_ns"].to_numpy(np.int64)
-    delta = np.diff(t, prepend=t[0]) / 1000.0
-    mine = [" ".join([n, f"{d:0.3f}", f"pid={p_}"] + ([a] if a else []))
-            for n, d, p_, a in zip(e["event"].astype(str), delta, e["tid"], e["args"], strict=True)]
-    assert len(out) == len(e) > 3000 and mine == out
+    out, mine = _both_print(p, te_all)
+    assert len(out) == len(mine) > 3000 and mine == out
 
 
 def test_real_recording_qemu_requests_and_host_jobs():
@@ -330,3 +330,14 @@ def test_real_recording_qemu_requests_and_host_jobs():
     rw = q[q["op"] != "flush"]
     assert (rw["submissions"] == 1).all() and (q["status"] == 0).all()
     assert (rw["q_ns"] <= rw["d_ns"]).all() and (rw["d_ns"] <= rw["c_ns"]).all()
+
+
+@pytest.mark.parametrize("order", "<>")
+def test_detected_in_either_byte_order(tmp_path, order):
+    """A simple trace is recognised by its header in both byte orders (a big-endian one was not: its header
+    was compared with the little-endian one reversed), by the traceset's detection and by capture."""
+    from toolkit import capture_qemu
+
+    p = tmp_path / "trace-1"
+    qemu_simple.write(p, {3: "thread_pool_submit"}, [(3, 1, 1, [1, 2, 3])], order=order)
+    assert detect_format(p) == "qemu-simple" and capture_qemu.is_simple_trace(str(p))

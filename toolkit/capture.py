@@ -545,8 +545,9 @@ def write_traceset(out: Path, info: dict) -> Path:
           'format = "blktrace"']
     for q in info["qemu"]:
         if q.get("log_file"):
+            simple = q["log_file"].endswith(".trace")  # _copy_logs' name for a simple-backend trace
             L += ["", f"# QEMU {q.get('version') or ''} pid {q['pid']}; "
-                  + ("simple trace backend (binary, host CLOCK_MONOTONIC ns)" if q["log_file"].endswith(".trace")
+                  + ("simple trace backend (binary, host CLOCK_MONOTONIC ns)" if simple
                      else "-msg timestamp=" + ("on" if q["msg_timestamp"] else "off (lines have no time and no thread id)"))
                   + f"; log: {q['log_destination']}",
                   "[[trace]]", 'node = "host"', 'layer = "qemu"', f"role = {_q(q['role'])}", f"guest = {_q(q['guest'])}"]
@@ -554,7 +555,7 @@ def write_traceset(out: Path, info: dict) -> Path:
                 L.append(f"pid = {int(q['pid'])}")
             # the glob also matches the log once compressed (xz/zstd/gzip: read transparently)
             L += [f"threads = {_q(info['threads_file'])}", f"path = {_q(q['log_file'] + '*')}"]
-            if q["log_file"].endswith(".trace"):  # simple backend: binary, host CLOCK_MONOTONIC ns
+            if simple:
                 L.append('format = "qemu-simple"')
         else:
             L += ["", f"# QEMU pid {q['pid']} ({q['role']}): its trace lines went to {q.get('log_destination')};",

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from toolkit.capture_host import CaptureError
+from toolkit.parsers import trace_events as te
 
 #: QEMU trace events toolkit/qemu.py and the checks read (patterns for trace-event-set-state)
 DEFAULT_EVENTS = (
@@ -419,17 +420,11 @@ class LogDest:
     simple: bool = False   # QEMU's simple backend: a binary file, copied whole (header and event names first)
 
 
-#: the first 16 bytes of a simple-backend trace file, in either byte order (docs/formats.md 4.4)
-SIMPLE_HEADERS = tuple(struct.pack(o + "QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4) for o in "<>")
-
-
 def is_simple_trace(path: str) -> bool:
-    """Whether ``path`` is a file QEMU's simple trace backend writes (by its header)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) in SIMPLE_HEADERS
-    except OSError:
-        return False
+    """Whether ``path`` is a file QEMU's simple trace backend writes (by its header, either byte order)."""
+    from toolkit.parsers import detect_format
+
+    return os.path.isfile(path) and detect_format(path) == "qemu-simple"
 
 
 def trace_events_file(pid: int) -> str | None:
@@ -442,7 +437,7 @@ def trace_events_file(pid: int) -> str | None:
     if exe:
         d = os.path.dirname(exe)
         cands += [os.path.join(d, "..", "share", "qemu", "trace-events-all"), os.path.join(d, "trace", "trace-events-all")]
-    cands += ["/usr/share/qemu/trace-events-all", "/usr/local/share/qemu/trace-events-all"]
+    cands += list(te.DEFAULT_PATHS)
     return next((os.path.normpath(c) for c in cands if os.path.isfile(c)), None)
 
 

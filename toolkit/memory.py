@@ -68,9 +68,4 @@ def concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _join(arrays: list[np.ndarray], n: int) -> np.ndarray:
-    out = empty(n, arrays[0].dtype, populate=True)
-    i = 0
-    for a in arrays:
-        out[i:i + len(a)] = a
-        i += len(a)
-    return out
+    return np.concatenate(arrays, out=empty(n, arrays[0].dtype, populate=True))

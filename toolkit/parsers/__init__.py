@@ -37,7 +37,8 @@ class ParseResult:
 
 
 BLKTRACE_MAGIC = 0x65617400
-QEMU_SIMPLE_MAGIC = struct.pack("=QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4)
+#: the first 16 bytes of a QEMU simple-backend file (header event id, magic), in either byte order
+QEMU_SIMPLE_HEADERS = tuple(struct.pack(o + "QQ", 0xFFFFFFFFFFFFFFFF, 0xF2B177CB0AA429B4) for o in "<>")
 _BLKPARSE_LINE = re.compile(rb"^\s*\d+,\d+\s+\d+\s+\d+\s+\d+\.\d{9}\s+\d+\s+(?:[0-9a-f]+,[0-9a-f]+\s+)?[A-Za-z]{1,2}\s",
                             re.M)
 _QEMU_LINE = re.compile(rb"^(?:\d+@\d+\.\d+:)?(?:\d{4}-\d\d-\d\dT[\d:.]+Z )?(?:\[[^\]\n]*\] )?"
@@ -54,7 +55,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
             (m,) = struct.unpack(order + "I", h[:4])
             if m & 0xFFFFFF00 == BLKTRACE_MAGIC:
                 return "blktrace"
-    if h.startswith(QEMU_SIMPLE_MAGIC) or h.startswith(QEMU_SIMPLE_MAGIC[::-1][:16]):
+    if h.startswith(QEMU_SIMPLE_HEADERS):
         return "qemu-simple"
     if b"\x00" in h[:1024]:
         return None
@@ -69,17 +70,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
 
 def parse(fmt: str, paths: list[str], **kw) -> ParseResult:
     """Parse ``paths`` (the files of one trace: per-CPU files together) in format ``fmt``."""
-    if fmt == "blktrace":
-        from toolkit.parsers import blktrace as mod
-    elif fmt == "blkparse":
-        from toolkit.parsers import blkparse as mod
-    elif fmt == "qemu-log":
-        from toolkit.parsers import qemu_log as mod
-    elif fmt == "qemu-simple":
-        from toolkit.parsers import qemu_simple as mod
-    else:
-        raise fileio.TraceError(f"{paths[0] if paths else '?'}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    return mod.parse(paths, **kw)
+    return _module(fmt, paths).parse(paths, **kw)
 
 
 def reject_rows(file: str, rows: list[tuple[int, int, str, str]]) -> pd.DataFrame:
@@ -111,13 +102,12 @@ class NotTimeOrdered(ValueError):
 
 
 def _module(fmt: str, paths: list[str]):
-    """The parser module of format ``fmt``."""
+    """The parser module of format ``fmt`` (``qemu-log`` -> ``toolkit.parsers.qemu_log``)."""
     import importlib
 
-    names = {"blktrace": "blktrace", "blkparse": "blkparse", "qemu-log": "qemu_log", "qemu-simple": "qemu_simple"}
-    if fmt not in names:
+    if fmt not in FORMATS:
         raise fileio.TraceError(f"{paths[0] if paths else '?'}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    return importlib.import_module(f"toolkit.parsers.{names[fmt]}")
+    return importlib.import_module(f"toolkit.parsers.{fmt.replace('-', '_')}")
 
 
 def streams(fmt: str) -> bool:

@@ -133,15 +133,14 @@ static PyObject *fill(PyObject *self, PyObject *args) {
         !need(&toff, (nr + 1) * 8, "toff") || !need(&tval, nr, "tvalid") || !need(&soff, (nr + 1) * 8, "soff") ||
         !need(&sval, nr, "svalid") || !need(&high, nr, "high"))
         goto out;
-    for (int64_t a = 0; a < na; a++)  /* label a is lab[lab_lo[a]:lab_lo[a + 1]] */
-        if (((const int64_t *)lablo.buf)[a] < 0 || ((const int64_t *)lablo.buf)[a + 1] < ((const int64_t *)lablo.buf)[a] ||
-            ((const int64_t *)lablo.buf)[a + 1] > lab.len) {
-            PyErr_SetString(PyExc_ValueError, "_simplec.fill: labels out of range");
-            goto out;
-        }
     const uint8_t *b = d.buf, *gtext = gtx.buf, *astr = ast.buf, *astate = asta.buf, *lb = lab.buf;
     const int64_t *S = st.buf, *N = ln.buf, *glo_ = glo.buf, *acol_ = acol.buf, *abits = abit.buf,
                   *lablo_ = lablo.buf;
+    for (int64_t a = 0; a < na; a++)  /* label a is lab[lab_lo[a]:lab_lo[a + 1]] */
+        if (lablo_[a] < 0 || lablo_[a + 1] < lablo_[a] || lablo_[a + 1] > lab.len) {
+            PyErr_SetString(PyExc_ValueError, "_simplec.fill: labels out of range");
+            goto out;
+        }
     const int32_t *code = cd.buf;
     int64_t *C = cols.buf, *TO = toff.buf, *SO = soff.buf;
     uint8_t *NU = nulls.buf, *T = tx.buf, *TV = tval.buf, *ST = stx.buf, *SV = sval.buf, *HI = high.buf;

@@ -153,9 +153,7 @@ def _cumulative(ev: pd.DataFrame, minis: dict[str, list[pd.Series]], *, final: b
     or, ``final``, to the dtype parse()'s table gets from :func:`_common_categories` and concat (from
     ``minis``: one value per category used, per chunk, with the chunk's dtype; updated)."""
     for col, ms in minis.items():
-        c = ev[col].array
-        codes = np.asarray(c.codes)
-        ms.append(_used_values(c))
+        ms.append(_used_values(ev[col].array))
         if final:  # as parse() ends up: the first block's own dtype if it names every value, else sorted
             dtype = pd.concat(ms, ignore_index=True).astype("category").dtype
             if ms[0].dtype == dtype:  # same values (order not compared)
@@ -163,11 +161,18 @@ def _cumulative(ev: pd.DataFrame, minis: dict[str, list[pd.Series]], *, final: b
         else:
             vals = pd.concat([m.astype(m.dtype.categories.dtype) for m in ms], ignore_index=True)
             dtype = vals.astype("category").dtype
-        if not (c.dtype == dtype and c.categories.equals(dtype.categories)):
-            # recoded by hand: astype() keeps a categorical whose dtype compares equal (same set, other order)
-            lut = np.append(dtype.categories.get_indexer(c.categories), -1)
-            ev = ev.assign(**{col: pd.Categorical.from_codes(lut[codes], dtype=dtype)})
+        ev = _recoded(ev, col, dtype)
     return ev
+
+
+def _recoded(ev: pd.DataFrame, col: str, dtype: pd.CategoricalDtype) -> pd.DataFrame:
+    """``ev`` with the categorical column ``col`` recoded to ``dtype`` (its categories in that order), by hand:
+    astype() keeps a categorical whose dtype compares equal (same set, other order)."""
+    c = ev[col].array
+    if c.dtype == dtype and c.categories.equals(dtype.categories):
+        return ev
+    lut = np.append(dtype.categories.get_indexer(c.categories), -1)
+    return ev.assign(**{col: pd.Categorical.from_codes(lut[np.asarray(c.codes)], dtype=dtype)})
 
 
 def concat(chunks: Iterable[ParseResult]) -> ParseResult:
@@ -182,10 +187,7 @@ def concat(chunks: Iterable[ParseResult]) -> ParseResult:
     for c in chunks:
         ev = c.events
         for col in ("event", "file"):
-            a, dtype = ev[col].array, last[col].dtype
-            if not (a.dtype == dtype and a.categories.equals(dtype.categories)):
-                lut = np.append(dtype.categories.get_indexer(a.categories), -1)
-                ev = ev.assign(**{col: pd.Categorical.from_codes(lut[np.asarray(a.codes)], dtype=dtype)})
+            ev = _recoded(ev, col, last[col].dtype)
         parts.append(ev)
     rejects = pd.concat([c.rejects for c in chunks], ignore_index=True)
     return ParseResult(events=memory.concat(parts), rejects=rejects, meta=chunks[-1].meta)

@@ -69,7 +69,7 @@ def parse(paths: str | os.PathLike | Iterable[str | os.PathLike], trace_events: 
     paths = list(paths)
     if trace_events is None and paths:  # the build's declarations kept beside the trace, else the install path
         here = os.path.dirname(os.path.abspath(paths[0]))
-        beside = [os.path.join(here, "trace-events-all" + z) for z in ("", ".xz", ".gz", ".zst", ".bz2")]
+        beside = [os.path.join(here, "trace-events-all" + z) for z in ("", *(f".{c}" for c in fileio.MAGICS.values()))]
         trace_events = next((p for p in beside if os.path.isfile(p)), None)
     decls, te_path = te.load(trace_events)
     notes: list[str] = []
@@ -125,7 +125,7 @@ def _check_header(head: bytes, file: str) -> None:
 
 def _parse_one(data, file: str, decls: dict[str, list[te.Arg]] | None, args_text: bool = True,
                threads: int = 1):
-    """Events and rejects of one file's bytes (``bytes`` or a read-only mmap), and its meta."""
+    """Events and rejects of one file's bytes (``bytes`` or a read-only memoryview), and its meta."""
     meta: dict = {"byte_order": None, "dropped_records": 0, "dropped_events": 0, "unknown_events": [],
                   "truncated": [], "notes": []}
     L = len(data)
@@ -171,10 +171,10 @@ def _parse_one(data, file: str, decls: dict[str, list[te.Arg]] | None, args_text
             break
         (rtype,) = struct.unpack_from(order + "Q", data, p)
         if rtype == REC_MAPPING:
-            if p + 20 > L or p + 20 + struct.unpack_from(order + "I", data, p + 16)[0] > L:
+            eid, nlen = struct.unpack_from(order + "QI", data, p + 8) if p + 20 <= L else (0, L)  # cut header
+            if p + 20 + nlen > L:
                 cut(p, L)
                 break
-            eid, nlen = struct.unpack_from(order + "QI", data, p + 8)
             names[eid] = bytes(data[p + 20:p + 20 + nlen]).decode("utf-8", errors="replace")
             p += 20 + nlen
             continue
@@ -237,12 +237,9 @@ def _build(data, big: bool, starts, eid, ts, pid, length, names: dict[int, str],
     cols = memory.empty(len(_TYPED) * k, np.int64).reshape(len(_TYPED), k)
     nulls = memory.empty(len(_TYPED) * k, np.uint8).reshape(len(_TYPED), k)
     cuts = [0, k // 2, k] if threads > 1 and k > 1 else [0, k]
-    runs = list(zip(cuts[:-1], cuts[1:], strict=True))
-    if len(runs) > 1:
-        with ThreadPoolExecutor(len(runs)) as pool:  # the C loop releases the GIL
-            parts = list(pool.map(lambda r: lay.fill(data, big, starts, length, code, cols, nulls, *r), runs))
-    else:
-        parts = [lay.fill(data, big, starts, length, code, cols, nulls, *runs[0])]
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:  # the C loop releases the GIL
+        parts = list(pool.map(lambda lo, hi: lay.fill(data, big, starts, length, code, cols, nulls, lo, hi),
+                              cuts[:-1], cuts[1:]))
     # categories as pd.Categorical(values) makes them: the sorted distinct names
     uniq_sorted = sorted(set(ev_names))
     cat_of_group = np.array([uniq_sorted.index(x) for x in ev_names], dtype=np.int32)
@@ -284,13 +281,14 @@ class _Layout:
             g_text.append(args_text or not ints)  # without text: null for rows with integer arguments
             g_cap.append(sum(map(len, lab)) + 18 * len(ints))  # "0x" + 16 digits at most
             g_str.append(len(ints) < len(decl))
-            g_state.append(any(a.is_string and STATE_ARGS.get(nm) == a.name for a in decl))
+            state = [a.is_string and STATE_ARGS.get(nm) == a.name for a in decl]
+            g_state.append(any(state))
+            a_state += state
             for a, x in zip(decl, lab, strict=True):
                 col = None if a.is_string else ARG_COLUMNS.get(a.name)
                 a_string.append(a.is_string)
                 a_col.append(_TYPED.index(col) if col is not None else -1)
                 a_bits.append(0 if col in POINTER_COLUMNS else a.signed_bits)
-                a_state.append(a.is_string and STATE_ARGS.get(nm) == a.name)
                 labels.append(x)
         self.g_lo = np.array(g_lo, np.int64)
         self.g_text = np.array(g_text, np.uint8)
